@@ -1,0 +1,130 @@
+"""`narrator` command line: one subcommand per pipeline step.
+
+Each subcommand owns a typed config dataclass. Its own flags (`--out`, `--minutes`, ...) are
+shorthands for config keys; `--config FILE` and `--set dotted.key=value` reach every key. A
+NarratorError is printed as one line and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from narrator.errors import NarratorError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (keys of this command's config)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set ray.concurrency=4 (repeatable)")
+
+
+def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
+    """Turn explicit flags into overrides applied before --set (so --set has the last word)."""
+    out = []
+    for attr, key in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out + list(args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="narrator", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample-book", help="speak the built-in sample text to a 24 kHz mono wav (offline TTS)")
+    p.add_argument("out", type=Path, help="wav file to write")
+    p.add_argument("--minutes", type=float, help="length of the book (default 5)")
+    p.add_argument("--seed", type=int, help="seed for the rate/pitch variation")
+    _common(p)
+
+    p = sub.add_parser("tokenize", help="quantize books into webdataset token shards with Ray")
+    p.add_argument("inputs", nargs="+", help="audio files, or catalog files (.txt: one audio path per line)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (shards/, manifest.json)")
+    _common(p)
+
+    p = sub.add_parser("inspect", help="summarize a token folder: books, chunks, shards, tokens, splits, weights")
+    p.add_argument("tokens", type=Path, help="folder holding manifest.json (or the manifest itself)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _common(p)
+
+    p = sub.add_parser("train", help="train the GPT (same as `python trainer/run.py`)")
+    p.add_argument("--resume", nargs="?", const="auto", help="resume from OUT's latest checkpoint, or from PATH")
+    _common(p)
+
+    p = sub.add_parser("generate", help="continue a prompt recording with a trained model and write a wav")
+    p.add_argument("--checkpoint", type=Path, help="training output folder (latest checkpoint) or one checkpoint folder")
+    p.add_argument("--prompt", type=Path, help="audio file whose start is the prompt")
+    p.add_argument("--prompt-seconds", type=float, dest="prompt_seconds")
+    p.add_argument("--seconds", type=float, help="seconds of audio to generate after the prompt")
+    p.add_argument("--out", type=Path, help="wav file to write")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int, dest="top_k")
+    p.add_argument("--seed", type=int)
+    _common(p)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the built-in sample book")
+    p.add_argument("--out", type=Path, help="output folder (default runs/demo)")
+    p.add_argument("--minutes", type=float, help="length of the sample book")
+    p.add_argument("--steps", type=int, help="training steps")
+    _common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args) or 0
+    except NarratorError as e:
+        print(f"narrator {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"narrator {args.command}: interrupted; completed work is kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int | None:
+    from narrator.config import load_config
+
+    if args.command == "sample-book":
+        from narrator.sample_book import SampleBookConfig, write_sample_book
+
+        cfg = load_config(SampleBookConfig, args.config, _flag_overrides(args, {"minutes": "minutes", "seed": "seed"}))
+        write_sample_book(args.out, cfg)
+    elif args.command == "tokenize":
+        from narrator.tokenizers.config import TokenizeConfig
+        from narrator.tokenizers.pipeline import tokenize
+
+        cfg = load_config(TokenizeConfig, args.config, args.overrides)
+        report = tokenize(cfg, args.out, args.inputs)
+        return 0 if not report.failed else 2
+    elif args.command == "inspect":
+        from narrator.tokenizers.inspect import inspect_tokens
+
+        print(inspect_tokens(args.tokens, as_json=args.json))
+    elif args.command == "train":
+        from narrator.trainer.run import main as train_main
+
+        argv = (["--config", args.config] if args.config else []) + [x for o in args.overrides for x in ("--set", o)]
+        if args.resume is not None:
+            argv += ["--resume", args.resume]
+        return train_main(argv)
+    elif args.command == "generate":
+        from narrator.trainer.generate import GenerateConfig, generate
+
+        cfg = load_config(GenerateConfig, args.config, _flag_overrides(args, {
+            "checkpoint": "checkpoint", "prompt": "prompt", "prompt_seconds": "prompt_seconds",
+            "seconds": "seconds", "out": "out", "temperature": "temperature", "top_k": "top_k", "seed": "seed"}))
+        generate(cfg)
+    elif args.command == "demo":
+        from narrator.demo import DemoConfig, run_demo
+
+        cfg = load_config(DemoConfig, args.config, _flag_overrides(args, {"out": "out", "minutes": "minutes", "steps": "steps"}))
+        run_demo(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The `data:` section of a training config: which tokens, how they are laid out, how they are split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from narrator.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""  # token folder or its manifest.json (required)
+    layout: Literal["flat"] = "flat"  # codebooks interleaved frame by frame
+    shared_vocab: bool = False  # true: all codebooks share ids 0..1023 (no per-codebook offsets)
+    val_center: float = 0.5  # where each book's validation window sits, as a fraction of its duration
+    val_fraction: float = 0.05  # size of that window, as a fraction of the book's duration
+    shuffle_buffer: int = 256  # training windows held for shuffling
+    num_workers: int = 1  # DataLoader workers per process
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_center <= 1.0:
+            raise ConfigError(f"'data.val_center': {self.val_center} is not in [0, 1]")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"'data.val_fraction': {self.val_fraction} is not in (0, 1)")

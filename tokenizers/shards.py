@@ -1,0 +1,101 @@
+"""webdataset tar shards of token chunks, written so that a crash never leaves a half shard.
+
+One sample per chunk: `<book>/<chunk:06d>.<stream>.npy` (int16 codes, [codebooks, frames], saved
+with allow_pickle=False) and `<book>/<chunk:06d>.json` (book, chunk, start_s, end_s, frames, stream).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+
+@dataclass
+class ChunkRecord:
+    """The .json half of a sample: where the chunk's codes sit in its book."""
+
+    book: str
+    chunk: int
+    start_s: float
+    end_s: float
+    frames: int
+    stream: str
+
+
+def sample_key(book: str, chunk: int) -> str:
+    return f"{book}/{chunk:06d}"
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class WrittenShard:
+    path: Path
+    samples: int
+    tokens: int
+    bytes: int
+    sha256: str
+
+
+class ShardWriter:
+    """Writes one shard to `<path>.tmp` and renames it to `<path>` only when `close()` completes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._writer = wds.TarWriter(str(self._tmp))
+        self.samples = 0
+        self.tokens = 0
+
+    def write(self, record: ChunkRecord, codes: np.ndarray) -> None:
+        if codes.ndim != 2 or codes.shape[1] != record.frames:
+            raise ValueError(f"codes of shape {codes.shape} do not match {record.frames} frames")
+        self._writer.write({
+            "__key__": sample_key(record.book, record.chunk),
+            f"{record.stream}.npy": encode_npy(codes.astype(np.int16)),
+            "json": json.dumps(asdict(record)).encode(),
+        })
+        self.samples += 1
+        self.tokens += int(codes.size)
+
+    def close(self) -> WrittenShard:
+        self._writer.close()
+        with open(self._tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self._tmp, self.path)
+        return WrittenShard(self.path, self.samples, self.tokens, self.path.stat().st_size, file_sha256(self.path))
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
