@@ -1,0 +1,89 @@
+"""`narrator generate`: continue a recording in the narrator's voice.
+
+The prompt is encoded with the very tokenizer the model was trained on (rebuilt from the training
+run's tokenizer.json and checked against its weights checksum), laid out as the trainer saw it,
+continued by the GPT, and decoded back to audio with EnCodec.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from narrator.config import from_dict, load_config, save_config
+from narrator.errors import NarratorError
+from narrator.streaming.layout import make_layout
+from narrator.tokenizers.audio import probe, read_segment
+from narrator.tokenizers.encodec import load_tokenizer
+from narrator.tokenizers.manifest import TokenizerInfo
+from narrator.trainer.checkpoint import load_for_inference
+from narrator.trainer.config import TrainConfig
+
+
+@dataclass
+class GenerateConfig:
+    checkpoint: str = ""  # training output folder (its latest checkpoint) or one checkpoint folder
+    prompt: str = ""  # audio file; its first prompt_seconds are the prompt
+    prompt_seconds: float = 3.0
+    seconds: float = 10.0  # audio to generate after the prompt
+    out: str = "runs/sample.wav"
+    include_prompt: bool = True  # the wav starts with the (re-synthesized) prompt
+    temperature: float = 1.0
+    top_k: int | None = 250
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def _run_dir(checkpoint: Path) -> Path:
+    """The training output folder that holds tokenizer.json and config.yaml."""
+    for folder in (checkpoint, *checkpoint.parents):
+        if (folder / "tokenizer.json").is_file():
+            return folder
+    raise NarratorError(f"{checkpoint}: not a training output (no tokenizer.json here or above)")
+
+
+def generate(cfg: GenerateConfig) -> Path:
+    if not cfg.checkpoint or not cfg.prompt:
+        raise NarratorError("generate needs --checkpoint and --prompt")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    checkpoint, out = Path(cfg.checkpoint), Path(cfg.out)
+    run_dir = _run_dir(checkpoint)
+    info = from_dict(TokenizerInfo, json.loads((run_dir / "tokenizer.json").read_text()))
+    train_cfg = load_config(TrainConfig, run_dir / "config.yaml")
+
+    model, model_cfg, meta = load_for_inference(checkpoint, device)
+    layout = make_layout(train_cfg.data.layout, info.n_codebooks, info.codebook_size, train_cfg.data.shared_vocab)
+    if layout.vocab_size != model_cfg.vocab_size:
+        raise NarratorError(f"{checkpoint}: model vocab {model_cfg.vocab_size} does not match its tokenizer's "
+                            f"layout (vocab {layout.vocab_size})")
+    tokenizer = load_tokenizer(info, device=str(device))
+
+    audio_info = probe(cfg.prompt)
+    prompt_seconds = min(cfg.prompt_seconds, audio_info.duration_s)
+    prompt_audio = read_segment(audio_info, 0.0, prompt_seconds)
+    prompt_codes = tokenizer.encode(prompt_audio)
+    prompt_tokens = torch.from_numpy(layout.to_tokens(prompt_codes)).long()[None].to(device)
+
+    new_tokens = int(round(cfg.seconds * info.frame_rate)) * layout.tokens_per_frame
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    tokens = model.generate(prompt_tokens, new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                            generator=generator)[0].cpu().numpy()
+    if not cfg.include_prompt:
+        tokens = tokens[prompt_tokens.shape[1]:]
+    audio = tokenizer.decode(layout.to_codes(tokens))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
+    sf.write(tmp, np.clip(audio, -1.0, 1.0), info.sample_rate, subtype="PCM_16")
+    tmp.replace(out)
+    save_config(cfg, out.with_suffix(".yaml"))
+    print(f"wrote {out}: {len(audio) / info.sample_rate:.1f} s ({prompt_seconds:.1f} s prompt from {cfg.prompt} "
+          f"+ {cfg.seconds:.1f} s generated at step {meta.get('step', '?')}, weights {info.weights.mode})")
+    return out
