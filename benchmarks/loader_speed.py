@@ -1,0 +1,79 @@
+"""Training-loader throughput (tokens/s per process) on synthetic token shards.
+
+    python benchmarks/loader_speed.py [--chunks 200] [--seconds 30] [--codebooks 4] [--workers 0]
+
+Writes random int16 codes as real shards + manifest in a temporary folder, then times the batches
+of `build_train_loader` (after the first one, so worker start-up is not counted) and prints a
+markdown table row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from narrator.streaming.config import DataConfig
+from narrator.streaming.dataset import build_train_loader, build_val_loader
+from narrator.tokenizers.manifest import BookEntry, Manifest, ShardEntry, TokenizerInfo, WeightsIdentity
+from narrator.tokenizers.shards import ChunkRecord, ShardWriter
+
+FRAME_RATE = 75
+
+
+def write_synthetic(out: Path, chunks: int, seconds: float, codebooks: int, chunks_per_shard: int = 64) -> Manifest:
+    """One book of `chunks` chunks of random codes, in shards of `chunks_per_shard`."""
+    tok = TokenizerInfo(kind="encodec", stream="encodec", sample_rate=24000, frame_rate=FRAME_RATE, bandwidth=3.0,
+                        n_codebooks=codebooks, codebook_size=1024, config={}, config_hash="synthetic",
+                        weights=WeightsIdentity(mode="random", source="synthetic", sha256="0"))
+    manifest, rng, frames = Manifest(tokenizer=tok), np.random.default_rng(0), round(seconds * FRAME_RATE)
+    for part, first in enumerate(range(0, chunks, chunks_per_shard)):
+        path = f"shards/book-{part:05d}.tar"
+        with ShardWriter(out / path) as writer:
+            for c in range(first, min(first + chunks_per_shard, chunks)):
+                writer.write(ChunkRecord("book", c, c * seconds, (c + 1) * seconds, frames, "encodec"),
+                             rng.integers(0, 1024, (codebooks, frames), dtype=np.int16))
+            shard = writer.close()
+        manifest.shards.append(ShardEntry(path, "book", shard.samples, shard.tokens, shard.bytes, shard.sha256))
+    manifest.books.append(BookEntry("book", "synthetic", chunks * seconds, chunks * frames, chunks,
+                                    [s.path for s in manifest.shards]))
+    manifest.save(out / "manifest.json")
+    return manifest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chunks", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--codebooks", type=int, default=4)
+    ap.add_argument("--block", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--batches", type=int, default=400)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        manifest = write_synthetic(out, args.chunks, args.seconds, args.codebooks)
+        cfg = DataConfig(manifest=str(out), num_workers=args.workers)
+        t0 = time.perf_counter()
+        val = build_val_loader(cfg, manifest, out, args.block, args.batch, rank=0, world_size=1)
+        val_s = time.perf_counter() - t0
+        it = iter(build_train_loader(cfg, manifest, out, args.block, args.batch, rank=0, world_size=1, seed=0))
+        next(it)
+        t0 = time.perf_counter()
+        for _ in range(args.batches):
+            x, _ = next(it)
+        elapsed = time.perf_counter() - t0
+    tokens_per_s = args.batches * x.numel() / elapsed
+    print("| data | block x batch | workers | train tokens/s | val windows | val build s |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {args.chunks} chunks x {args.seconds:g} s x {args.codebooks} cb ({manifest.total_tokens / 1e6:.1f} M tokens) "
+          f"| {args.block} x {args.batch} | {args.workers} | {tokens_per_s / 1e6:.2f} M | {len(val.dataset)} | {val_s:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
