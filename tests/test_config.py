@@ -26,7 +26,7 @@ class Outer:
 def test_defaults_then_file_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("steps: 20\ninner:\n  rate: 0.5\n")
-    cfg = load_config(Outer, f, ["inner.rate=2", "kind=b", "inner.names=[x, y]", "flag=true"])
+    cfg = load_config(Outer, f, ["inner.rate=3e-4", "inner.rate=2", "kind=b", "inner.names=[x, y]", "flag=true"])
     assert cfg == Outer(steps=20, kind="b", flag=True, inner=Inner(rate=2.0, names=["x", "y"]))
     assert isinstance(cfg.inner.rate, float)
 
@@ -42,6 +42,7 @@ def test_unknown_key_is_named(override, key):
 
 @pytest.mark.parametrize("override, message", [
     ("steps=ten", "'steps': expected int"),
+    ("inner.rate=fast", "'inner.rate': expected float"),
     ("steps=1.5", "'steps': expected int"),
     ("flag=3", "'flag': expected bool"),
     ("kind=c", "'kind': 'c' is not one of"),

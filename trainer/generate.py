@@ -1,13 +1,12 @@
 """`narrator generate`: continue a recording in the narrator's voice.
 
-The prompt is encoded with the very tokenizer the model was trained on (rebuilt from the training
-run's tokenizer.json and checked against its weights checksum), laid out as the trainer saw it,
+The prompt is encoded with the very tokenizer the model was trained on (rebuilt from the
+checkpoint's tokenizer.json and checked against its weights checksum), laid out as the trainer saw it,
 continued by the GPT, and decoded back to audio with EnCodec.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,14 +15,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from narrator.config import from_dict, load_config, save_config
+from narrator.config import save_config
 from narrator.errors import NarratorError
 from narrator.streaming.layout import make_layout
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.encodec import load_tokenizer
-from narrator.tokenizers.manifest import TokenizerInfo
 from narrator.trainer.checkpoint import load_for_inference
-from narrator.trainer.config import TrainConfig
 
 
 @dataclass
@@ -40,26 +37,15 @@ class GenerateConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-def _run_dir(checkpoint: Path) -> Path:
-    """The training output folder that holds tokenizer.json and config.yaml."""
-    for folder in (checkpoint, *checkpoint.parents):
-        if (folder / "tokenizer.json").is_file():
-            return folder
-    raise NarratorError(f"{checkpoint}: not a training output (no tokenizer.json here or above)")
-
-
 def generate(cfg: GenerateConfig) -> Path:
     if not cfg.checkpoint or not cfg.prompt:
         raise NarratorError("generate needs --checkpoint and --prompt")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
     checkpoint, out = Path(cfg.checkpoint), Path(cfg.out)
-    run_dir = _run_dir(checkpoint)
-    info = from_dict(TokenizerInfo, json.loads((run_dir / "tokenizer.json").read_text()))
-    train_cfg = load_config(TrainConfig, run_dir / "config.yaml")
-
     model, model_cfg, meta = load_for_inference(checkpoint, device)
-    layout = make_layout(train_cfg.data.layout, info.n_codebooks, info.codebook_size, train_cfg.data.shared_vocab)
+    info = meta.tokenizer
+    layout = make_layout(meta.state.layout, info.n_codebooks, info.codebook_size, meta.state.shared_vocab)
     if layout.vocab_size != model_cfg.vocab_size:
         raise NarratorError(f"{checkpoint}: model vocab {model_cfg.vocab_size} does not match its tokenizer's "
                             f"layout (vocab {layout.vocab_size})")
@@ -85,5 +71,5 @@ def generate(cfg: GenerateConfig) -> Path:
     tmp.replace(out)
     save_config(cfg, out.with_suffix(".yaml"))
     print(f"wrote {out}: {len(audio) / info.sample_rate:.1f} s ({prompt_seconds:.1f} s prompt from {cfg.prompt} "
-          f"+ {cfg.seconds:.1f} s generated at step {meta.get('step', '?')}, weights {info.weights.mode})")
+          f"+ {cfg.seconds:.1f} s generated at step {meta.state.step}, weights {info.weights.mode})")
     return out

@@ -1,0 +1,162 @@
+"""Checkpoints: OUT/checkpoints/step_XXXXXXX, written under a temporary name and renamed when complete.
+
+A checkpoint folder holds:
+  accelerate/             accelerator.save_state: model, optimizer, RNG states (for resume; the lr
+                          schedule is rebuilt from the step, see schedule.build_scheduler)
+  model.safetensors       the unwrapped model's weights, tied embedding stored once (for generation)
+  model_config.json       GPTConfig
+  trainer_state.json      TrainerState: step, tokens seen, config and tokenizer hashes, data layout
+  tokenizer.json          the token manifest's tokenizer section } so a copied checkpoint
+  config.yaml             the resolved training config             } stands alone
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+from narrator.config import from_dict, save_config, to_dict
+from narrator.errors import ConfigError, NarratorError
+from narrator.tokenizers.manifest import TokenizerInfo
+from narrator.trainer.model import GPT, GPTConfig
+
+CHECKPOINTS = "checkpoints"
+STATE_NAME = "trainer_state.json"
+# The output embedding is the input embedding (model.py ties them): safetensors stores it once.
+TIED = {"lm_head.weight": "transformer.wte.weight"}
+_STEP_DIR = re.compile(r"step_(\d{7,})")
+
+
+@dataclass
+class TrainerState:
+    step: int  # optimizer steps done
+    tokens_seen: int  # over all processes
+    world_size: int
+    config_hash: str  # of the resolved TrainConfig
+    tokenizer_config_hash: str  # of the tokens trained on; resume refuses other tokens
+    layout: str  # data.layout and data.shared_vocab: how to turn generated tokens back into codes
+    shared_vocab: bool
+
+
+@dataclass
+class CheckpointMeta:
+    """What `narrator generate` needs besides the model: where it came from and how tokens map to codes."""
+
+    path: Path
+    state: TrainerState
+    tokenizer: TokenizerInfo
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    return Path(out) / CHECKPOINTS / f"step_{step:07d}"
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints in OUT, oldest first (a killed save leaves only a .tmp folder, never listed)."""
+    root = Path(out) / CHECKPOINTS
+    found = [p for p in root.iterdir() if _STEP_DIR.fullmatch(p.name) and (p / STATE_NAME).is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = list_checkpoints(out)
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path, state: TrainerState,
+                    tokenizer: TokenizerInfo, train_config: Any, keep: int) -> Path:
+    """Save the full training state plus inference files; every process must call this.
+
+    The main process renames step_X.tmp to step_X once all processes wrote their part, then keeps
+    only the newest `keep` checkpoints.
+    """
+    final = checkpoint_dir(out, state.step)
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        for stale in final.parent.glob("step_*.tmp"):  # left behind by a killed save
+            shutil.rmtree(stale)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "accelerate"))
+    weights = accelerator.get_state_dict(model)  # collective under DeepSpeed ZeRO-3
+    if accelerator.is_main_process:
+        weights = {k: v.detach().cpu().contiguous() for k, v in weights.items() if k not in TIED}
+        save_file(weights, str(tmp / "model.safetensors"))
+        _write_json(tmp / "model_config.json", asdict(accelerator.unwrap_model(model).config))
+        _write_json(tmp / STATE_NAME, asdict(state))
+        _write_json(tmp / "tokenizer.json", to_dict(tokenizer))
+        save_config(train_config, tmp / "config.yaml")
+        if final.exists():  # the same step saved again (a resumed run stopped at once)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(out)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def read_state(path: Path) -> TrainerState:
+    return _read(Path(path) / STATE_NAME, TrainerState)
+
+
+def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTConfig, tokenizer_config_hash: str,
+                      manifest_path: Path) -> TrainerState:
+    """Restore model, optimizer, scheduler and RNG states from `path`, after checking it fits this run."""
+    path = Path(path)
+    state = read_state(path)
+    if state.tokenizer_config_hash != tokenizer_config_hash:
+        raise NarratorError(f"{path}: checkpoint was trained on tokens with tokenizer config_hash "
+                            f"{state.tokenizer_config_hash}, but {manifest_path} has {tokenizer_config_hash}; "
+                            "train into a new out folder")
+    saved = _read(path / "model_config.json", GPTConfig)
+    wanted = {**asdict(model_config), "dropout": saved.dropout}  # dropout may change between runs
+    if asdict(saved) != wanted:
+        diff = ", ".join(f"{k} {v} != {wanted[k]}" for k, v in asdict(saved).items() if v != wanted[k])
+        raise NarratorError(f"{path}: checkpoint model differs from the configured one ({diff})")
+    accelerator.load_state(str(path / "accelerate"))
+    return state
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, GPTConfig, CheckpointMeta]:
+    """The model of a checkpoint folder, or of the latest checkpoint in a training output folder, in eval mode."""
+    path = Path(path)
+    if not (path / STATE_NAME).is_file():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise NarratorError(f"{path}: neither a checkpoint nor a training output folder with checkpoints")
+        path = latest
+    config = _read(path / "model_config.json", GPTConfig)
+    meta = CheckpointMeta(path, read_state(path), _read(path / "tokenizer.json", TokenizerInfo))
+    weights_file = path / "model.safetensors"
+    if not weights_file.is_file():
+        raise NarratorError(f"{weights_file}: missing; the checkpoint is incomplete")
+    weights = load_file(str(weights_file), device="cpu")
+    for alias, source in TIED.items():
+        weights[alias] = weights[source]
+    model = GPT(config)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise NarratorError(f"{weights_file}: weights do not fit model_config.json ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), config, meta
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _read(path: Path, cls: type):
+    if not path.is_file():
+        raise NarratorError(f"{path}: missing; the checkpoint is incomplete")
+    try:
+        return from_dict(cls, json.loads(path.read_text()))
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise NarratorError(f"{path}: unreadable ({e})") from None

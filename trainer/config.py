@@ -1,0 +1,83 @@
+"""What `narrator train` reads from configs/train/*.yaml: one typed dataclass per section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from narrator.errors import ConfigError
+from narrator.streaming.config import DataConfig
+from narrator.trainer.model import PRESETS, GPTConfig
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "demo"  # one of model.PRESETS: tiny, demo, small, base, medium
+    n_layer: int | None = None  # None: the preset's value
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int = 256  # tokens per training window (4 codebooks x 64 frames = 0.85 s at 75 Hz)
+    dropout: float = 0.1
+    bias: bool = False
+    vocab_size: int | None = None  # None: taken from the data (codebooks x codebook size)
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"'model.preset': {self.preset!r} is not one of {', '.join(PRESETS)}")
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        """The preset with this section's overrides applied."""
+        sizes = dict(PRESETS[self.preset])
+        sizes.update({k: getattr(self, k) for k in sizes if getattr(self, k) is not None})
+        if sizes["n_embd"] % sizes["n_head"]:
+            raise ConfigError(f"'model.n_embd' {sizes['n_embd']} is not divisible by 'model.n_head' {sizes['n_head']}")
+        return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, dropout=self.dropout, bias=self.bias, **sizes)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2:
+            raise ConfigError(f"'optim.betas': expected two values, got {self.betas}")
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine ends at min_lr_ratio * lr
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/train"  # checkpoints/, metrics.jsonl, plots, config.yaml
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    max_steps: int = 500  # optimizer steps
+    batch_size: int = 8  # sequences per process per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_every: int = 100
+    eval_batches: int = 10  # the same validation batches every time
+    log_every: int = 10
+    plot_every: int = 100
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
+    resume: str = "auto"  # "auto": latest checkpoint in out if any; "never"; or a checkpoint folder
+    seed: int = 1337
+    cpu: bool = False  # train on the CPU even when a GPU is present
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every",
+                     "plot_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"'{name}': {getattr(self, name)} must be >= 1")
+        if not self.data.manifest:
+            raise ConfigError("'data.manifest' is required: the token folder made by `narrator tokenize`")

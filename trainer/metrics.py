@@ -1,0 +1,92 @@
+"""Training metrics: OUT/metrics.jsonl (the record), Accelerate trackers (TensorBoard), and loss plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import is_tensorboard_available
+from matplotlib.figure import Figure
+
+METRICS_NAME = "metrics.jsonl"
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    train_loss: float  # mean over processes and over the steps since the previous record
+    lr: float  # used by this step's update
+    tokens_per_s: float  # all processes together, training time only
+    val_loss: float | None = None  # when evaluated at this step
+
+
+def tracker_backend() -> str | None:
+    """What Accelerate logs to besides metrics.jsonl: TensorBoard when it is installed."""
+    return "tensorboard" if is_tensorboard_available() else None
+
+
+class MetricsLog:
+    """Appends StepMetrics to OUT/metrics.jsonl and the trackers; redraws the plots. Main process only writes."""
+
+    def __init__(self, accelerator: Accelerator, out: Path, start_step: int):
+        self.accelerator = accelerator
+        self.out = Path(out)
+        self.path = self.out / METRICS_NAME
+        if accelerator.is_main_process:
+            drop_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
+
+    def log(self, record: StepMetrics) -> None:
+        values = {k: v for k, v in asdict(record).items() if v is not None}
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(values) + "\n")
+        self.accelerator.log({k: v for k, v in values.items() if k != "step"}, step=record.step)
+
+    def plot(self) -> None:
+        if self.accelerator.is_main_process:
+            plot_losses(self.path, self.out)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def drop_after(path: Path, step: int) -> None:
+    """Keep only the records of steps <= `step` (atomically)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
+
+
+def plot_losses(metrics_path: Path, out: Path) -> None:
+    """Draw train_loss.png and val_loss.png (once there is a validation loss) from metrics.jsonl."""
+    records = read_metrics(metrics_path)
+    for key, name in (("train_loss", "train_loss.png"), ("val_loss", "val_loss.png")):
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None and math.isfinite(r[key])]
+        if points:
+            _plot(points, key.replace("_", " "), Path(out) / name)
+
+
+def _plot(points: list[tuple[int, float]], label: str, path: Path) -> None:
+    fig = Figure(figsize=(6, 4), dpi=100)  # the Agg canvas, without pyplot's global state
+    ax = fig.add_subplot()
+    steps, values = zip(*points)
+    ax.plot(steps, values, marker="." if len(points) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel(label)
+    ax.set_title(f"{label}: {values[-1]:.4f} at step {steps[-1]}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)

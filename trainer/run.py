@@ -1,0 +1,346 @@
+"""Train the GPT on a token folder, on one process or many.
+
+    python trainer/run.py --config configs/train/demo.yaml --set data.manifest=runs/tokens
+    accelerate launch --config_file launch/accelerate/multi_gpu.yaml trainer/run.py --config ... --set ...
+
+The steps read top to bottom in `train`: config -> accelerator -> data check -> model and optimizer
+-> resume -> loaders -> loop (step, eval, log, plot, checkpoint) -> summary. SIGTERM or Ctrl-C
+finishes the current step, saves a checkpoint and exits; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, set_seed
+from tqdm import tqdm
+
+from narrator.config import config_hash, load_config, save_config, to_dict
+from narrator.errors import ConfigError, NarratorError
+from narrator.streaming.dataset import build_train_loader, build_val_loader, data_vocab
+from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
+from narrator.trainer.checkpoint import (TrainerState, latest_checkpoint, list_checkpoints, read_state,
+                                         resume_checkpoint, save_checkpoint)
+from narrator.trainer.config import TrainConfig
+from narrator.trainer.metrics import MetricsLog, StepMetrics, tracker_backend
+from narrator.trainer.model import GPT
+from narrator.trainer.schedule import build_scheduler
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="narrator train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="YAML training config (configs/train/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set data.manifest=runs/tokens (repeatable)")
+    p.add_argument("--resume", nargs="?", const="auto", help="resume from OUT's latest checkpoint, or from PATH")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+        if args.resume is not None:
+            cfg.resume = args.resume
+        return train(cfg)
+    except NarratorError as e:
+        print(f"narrator train: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: stop without saving
+        print("narrator train: interrupted; the last saved checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+def train(cfg: TrainConfig) -> int:
+    """Run (or resume) training to cfg.max_steps; returns 0, or 128 + signal number when stopped by a signal."""
+    # save_state warns at every checkpoint that the tied lm_head.weight is stored once: that is intended.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+    out = Path(cfg.out)
+    accelerator = make_accelerator(cfg, out)
+    try:
+        return _train(cfg, out, accelerator)
+    finally:
+        accelerator.end_training()
+
+
+def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
+    set_seed(cfg.seed)
+    main_process = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+    print(f"rank {rank}/{world}: device {accelerator.device}, {accelerator.distributed_type.value}", flush=True)
+
+    # Data first: the model's vocabulary must match the tokens.
+    manifest_path = Path(cfg.data.manifest)
+    manifest = Manifest.load(manifest_path)
+    manifest_dir = manifest_path if manifest_path.is_dir() else manifest_path.parent
+    tokenizer = manifest.tokenizer
+    cfg.model.vocab_size = check_vocab(cfg, manifest, manifest_dir / MANIFEST_NAME)
+    model_config = cfg.model.gpt_config(cfg.model.vocab_size)
+    start = resume_point(cfg, out)
+
+    # Model, optimizer, schedule; then the checkpoint, if resuming (it is checked against the data first).
+    model = GPT(model_config)
+    optimizer = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                  betas=tuple(cfg.optim.betas), fused=accelerator.device.type == "cuda")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainerState(step=0, tokens_seen=0, world_size=world, config_hash=config_hash(cfg),
+                         tokenizer_config_hash=tokenizer.config_hash, layout=cfg.data.layout,
+                         shared_vocab=cfg.data.shared_vocab)
+    if start is not None:
+        resumed = resume_checkpoint(accelerator, start, model_config, tokenizer.config_hash, manifest_dir / MANIFEST_NAME)
+        state = dataclasses.replace(state, step=resumed.step, tokens_seen=resumed.tokens_seen)
+        accelerator.print(f"resumed from {start} at step {state.step}")
+    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.max_steps, start_step=state.step)
+    if state.step >= cfg.max_steps:
+        accelerator.print(f"{out}: already trained to step {state.step} (max_steps {cfg.max_steps}); nothing to do")
+        return 0
+    if main_process:
+        save_config(cfg, out / "config.yaml")
+        (out / "tokenizer.json").write_text(json.dumps(to_dict(tokenizer), indent=1) + "\n")
+        print(f"model: {cfg.model.preset} preset, {accelerator.unwrap_model(model).num_params() / 1e6:.2f} M parameters, "
+              f"vocab {model_config.vocab_size}, block {model_config.block_size}; {manifest.total_tokens:,} tokens "
+              f"in {len(manifest.books)} books; {world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}")
+
+    # Data. A resumed run starts at a later epoch so it does not replay the windows it began with.
+    block = model_config.block_size
+    train_loader = build_train_loader(cfg.data, manifest, manifest_dir, block, cfg.batch_size, rank, world,
+                                      seed=cfg.data.seed, epoch_offset=state.step)
+    train_loader.worker_init_fn = functools.partial(shield_worker, train_loader.worker_init_fn)
+    # The same eval_batches batches at every evaluation, on every process (a short val set is cycled).
+    val_loader = build_val_loader(cfg.data, manifest, manifest_dir, block, cfg.batch_size, rank, world)
+    val_batches = list(itertools.islice(itertools.cycle(val_loader), cfg.eval_batches))
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * world * block
+
+    metrics = MetricsLog(accelerator, out, state.step)
+    accelerator.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
+    last_checkpoint = start
+    progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main_process, unit="step", dynamic_ncols=True)
+    window = Window()
+    val_loss = None
+    with StopSignal() as stop:
+        batches = iter(train_loader)
+        while state.step < cfg.max_steps:
+            lr = optimizer.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            loss = train_step(accelerator, model, optimizer, scheduler, batches, cfg)
+            window.add(loss, tokens_per_step, time.perf_counter() - t0)
+            state.step += 1
+            state.tokens_seen += tokens_per_step
+            if not math.isfinite(loss):
+                raise NarratorError(f"non-finite loss ({loss}) at step {state.step}: training diverged (lower optim.lr, "
+                                    f"check the data); last good checkpoint: {last_checkpoint or 'none'}")
+            final = state.step == cfg.max_steps
+            val_loss = evaluate(accelerator, model, val_batches) if final or state.step % cfg.eval_every == 0 else None
+            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.rate:,.0f}", refresh=False)
+            if final or val_loss is not None or state.step % cfg.log_every == 0:
+                metrics.log(window.record(state.step, lr, val_loss))
+            if state.step % cfg.plot_every == 0:
+                metrics.plot()
+            stopping = stop.agreed(accelerator)
+            if final or stopping or state.step % cfg.checkpoint_every == 0:
+                last_checkpoint = save_checkpoint(accelerator, model, out, state, tokenizer, cfg, cfg.keep_checkpoints)
+            progress.update(1)
+            if stopping:
+                progress.close()
+                metrics.plot()
+                accelerator.print(f"stopped by {stop.name} at step {state.step}; saved {last_checkpoint}; "
+                                  "rerun the same command to resume")
+                return 128 + stop.signum
+    progress.close()
+    metrics.plot()
+    if main_process:
+        print(f"done: {state.step} steps, {state.tokens_seen / 1e6:.2f} M tokens; final train loss "
+              f"{window.last_loss:.4f}, val loss {val_loss:.4f}; checkpoint {last_checkpoint}; "
+              f"metrics {out / 'metrics.jsonl'}, plots {out / 'train_loss.png'}, {out / 'val_loss.png'}")
+    return 0
+
+
+def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
+    """The Accelerator for this config; the launcher (accelerate launch) decides DDP or DeepSpeed."""
+    # Without CUDA (or with cpu: true) processes talk over gloo: `accelerate launch --multi_gpu
+    # --num_processes 2` then gives 2-process CPU DDP (`--cpu --num_processes 2` starts one process).
+    # A lone process must not ask for a backend: Accelerate would then expect a process group.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if cfg.cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise ConfigError("cpu: true would silently drop the DeepSpeed launch (Accelerate runs DDP instead); "
+                          "set cpu: false (on a machine without GPUs, with DS_ACCELERATOR=cpu)")
+    gloo = launched and (cfg.cpu or not torch.cuda.is_available())
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=cfg.cpu,
+        log_with=tracker_backend(),
+        project_dir=str(out),
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if gloo else None,
+    )
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum:
+        raise ConfigError(f"the accelerate config sets gradient_accumulation_steps={accelerator.gradient_accumulation_steps} "
+                          f"but the training config has grad_accum={cfg.grad_accum}; remove it from the accelerate config")
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:  # the training config, not the launcher's file, sets these
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.batch_size  # our loaders are not passed to prepare()
+        ds["gradient_clipping"] = cfg.optim.grad_clip
+        ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True  # model.safetensors under ZeRO-3
+    return accelerator
+
+
+def check_vocab(cfg: TrainConfig, manifest: Manifest, manifest_file: Path) -> int:
+    """The model's vocabulary size: the data's, refusing a configured size that differs."""
+    layout, vocab = data_vocab(cfg.data, manifest)
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size != vocab:
+        ids = "shared ids" if cfg.data.shared_vocab else "per-codebook offsets"
+        raise ConfigError(f"config model.vocab_size={cfg.model.vocab_size} does not match tokens in {manifest_file} "
+                          f"(vocab {vocab}: {layout.n_codebooks} codebooks x {layout.codebook_size}, {ids})")
+    return vocab
+
+
+def resume_point(cfg: TrainConfig, out: Path) -> Path | None:
+    """The checkpoint to resume from, or None to start fresh, following cfg.resume."""
+    latest = latest_checkpoint(out)
+    if cfg.resume == "never":
+        if latest is not None:
+            raise NarratorError(f"{out}: already holds checkpoints (latest {latest.name}) and resume=never; "
+                                "resume it (resume=auto) or train into another out folder")
+        return None
+    if cfg.resume == "auto":
+        return latest
+    path = Path(cfg.resume)
+    checkpoint = path if (path / "trainer_state.json").is_file() else latest_checkpoint(path)
+    if checkpoint is None:
+        raise NarratorError(f"{path}: resume path is neither a checkpoint nor a folder with checkpoints")
+    step = read_state(checkpoint).step
+    newer = [p.name for p in list_checkpoints(out) if read_state(p).step > step]
+    if newer:
+        raise NarratorError(f"{out}: holds checkpoints newer than {checkpoint} ({', '.join(newer)}); "
+                            "remove them or train into another out folder")
+    return checkpoint
+
+
+def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler, batches: Iterator, cfg: TrainConfig) -> float:
+    """One optimizer step over grad_accum micro-batches; returns the loss averaged over them and all processes."""
+    losses = []
+    for _ in range(cfg.grad_accum):
+        x, y = (t.to(accelerator.device, non_blocking=True) for t in next(batches))
+        with accelerator.accumulate(model):
+            _, loss = model(x, y)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                if cfg.optim.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()  # not prepared by Accelerate: stepped here, once per optimizer step
+                optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+    return accelerator.reduce(torch.stack(losses).mean(), "mean").item()
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean loss over the fixed validation batches of every process."""
+    model.eval()
+    losses = torch.stack([model(x.to(accelerator.device), y.to(accelerator.device))[1] for x, y in batches])
+    model.train()
+    return accelerator.reduce(losses.mean(), "mean").item()
+
+
+class Window:
+    """Train losses, tokens and seconds since the last metrics record."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+        self.tokens = 0
+        self.seconds = 0.0
+        self.rate = 0.0
+        self.last_loss = math.nan
+
+    def add(self, loss: float, tokens: int, seconds: float) -> None:
+        self.losses.append(loss)
+        self.tokens += tokens
+        self.seconds += seconds
+        self.rate = self.tokens / max(self.seconds, 1e-9)
+        self.last_loss = loss
+
+    def record(self, step: int, lr: float, val_loss: float | None) -> StepMetrics:
+        record = StepMetrics(step=step, train_loss=sum(self.losses) / len(self.losses), lr=lr,
+                             tokens_per_s=round(self.rate, 1), val_loss=val_loss)
+        self.losses, self.tokens, self.seconds = [], 0, 0.0
+        return record
+
+
+class StopSignal:
+    """SIGTERM / SIGINT ask the loop to stop after the current step; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict[int, object] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint", file=sys.stderr, flush=True)
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """True on every process once any process was signalled, so all save and stop at the same step."""
+        if accelerator.num_processes == 1:
+            return self.signum != 0
+        flags = accelerator.gather(torch.tensor([self.signum], device=accelerator.device))
+        if not self.signum and flags.max() > 0:
+            self.signum = int(flags.max())
+        return self.signum != 0
+
+    def __enter__(self) -> "StopSignal":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def shield_worker(init_fn: Callable[[int], None] | None, worker_id: int) -> None:
+    """DataLoader worker start-up: ignore SIGINT and SIGTERM, which the main process turns into a clean stop.
+
+    Ctrl-C and launchers (torchrun kills each rank's process group) signal the workers too; a dead
+    worker would make torch raise in the main process before its checkpoint is written. Workers
+    still exit when the main process does.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if init_fn is not None:
+        init_fn(worker_id)
+
+
+def flat_hparams(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> {"optim.lr": 0.001, ...} with only the scalar types trackers accept."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+if __name__ == "__main__":
+    sys.exit(main())
