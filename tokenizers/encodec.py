@@ -1,0 +1,277 @@
+"""EnCodec 24 kHz as a tokenizer: audio <-> int16 codes [codebooks, frames] at 75 Hz.
+
+Weights come from EnCodec's own download, a local state_dict file, or a seeded random init (tests
+and offline demos). Every variant is identified by a sha256 over its state_dict, which the manifest
+records and `load_tokenizer` checks, so tokens are never decoded by a codec they were not made with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from narrator.config import config_hash, from_dict, to_dict
+from narrator.errors import NarratorError
+from narrator.tokenizers.audio import n_samples
+from narrator.tokenizers.chunking import ChunkSpec
+from narrator.tokenizers.config import SAMPLE_RATE, EncodecConfig, TokenizeConfig
+from narrator.tokenizers.manifest import TokenizerInfo, WeightsIdentity
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # encodec imports torchaudio, which warns about its own deprecations
+    from encodec import EncodecModel
+    from encodec.model import ROOT_URL
+
+log = logging.getLogger(__name__)
+
+PRETRAINED_URL = ROOT_URL + "encodec_24khz-d7cc33bc.th"
+_FILL_SECONDS = 14.4  # calibration signal for random-mode codebooks: 1080 encoder frames >= 1024 codes
+
+
+class EncodecTokenizer:
+    """One EnCodec 24 kHz model at a fixed bandwidth, in eval mode on `device`."""
+
+    frame_rate = 75
+    codebook_size = 1024
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, cfg: EncodecConfig, device: str | torch.device = "cpu"):
+        w = cfg.weights
+        if w.mode == "random":
+            model, source = _random_model(w.seed), f"random-init seed={w.seed}"
+            log.warning("EnCodec weights: RANDOM init (seed=%d) - tokens are meaningless for a real model", w.seed)
+        elif w.checkpoint is not None:
+            model, source = _checkpoint_model(Path(w.checkpoint)), str(Path(w.checkpoint).resolve())
+        else:
+            model, source = _downloaded_model(), PRETRAINED_URL
+        identity = WeightsIdentity(mode=w.mode, source=source, sha256=state_dict_sha256(model.state_dict()),
+                                   seed=w.seed if w.mode == "random" else None)
+        self._setup(cfg, model, identity, device)
+
+    @classmethod
+    def from_state_dict(cls, cfg: EncodecConfig, state_dict: dict[str, torch.Tensor], identity: WeightsIdentity,
+                        device: str | torch.device = "cpu") -> "EncodecTokenizer":
+        """A copy of a tokenizer built elsewhere (Ray actors get the driver's weights: no download, no refill)."""
+        model = _new_model()
+        model.load_state_dict(state_dict, strict=True)
+        sha = state_dict_sha256(model.state_dict())
+        if sha != identity.sha256:
+            raise NarratorError(f"{identity.source}: weights arrived with sha256 {sha[:12]}, expected {identity.sha256[:12]}")
+        self = cls.__new__(cls)
+        self._setup(cfg, model, identity, device)
+        return self
+
+    def _setup(self, cfg: EncodecConfig, model: EncodecModel, identity: WeightsIdentity, device: str | torch.device) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.model = model
+        self.model.set_target_bandwidth(cfg.bandwidth)
+        self.model.eval().to(self.device)
+        self._identity = identity
+
+    @property
+    def n_codebooks(self) -> int:
+        return self.cfg.n_codebooks
+
+    def weights_identity(self) -> WeightsIdentity:
+        return self._identity
+
+    @torch.inference_mode()
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """float32 audio [n] or [B, n] at 24 kHz -> int16 codes [K, T] or [B, K, T], T = ceil(n / 320)."""
+        x = torch.as_tensor(np.asarray(audio, dtype=np.float32), device=self.device)
+        batched = x.ndim == 2
+        x = x if batched else x[None]
+        (codes, _), = self.model.encode(x[:, None, :])
+        codes = codes.to("cpu", torch.int16).numpy()
+        return codes if batched else codes[0]
+
+    @torch.inference_mode()
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """int codes [K, T] -> float32 audio [T * 320] at 24 kHz."""
+        c = torch.as_tensor(np.asarray(codes, dtype=np.int64), device=self.device)
+        return self.model.decode([(c[None], None)])[0, 0].float().cpu().numpy()
+
+    def encode_chunks(self, windows: Sequence[np.ndarray], specs: Sequence[ChunkSpec]) -> list[np.ndarray]:
+        """Encode each chunk inside its context window and keep only the chunk's own frames.
+
+        Windows of equal length are encoded as one batch.
+        """
+        by_length: dict[int, list[int]] = {}
+        for i, (audio, spec) in enumerate(zip(windows, specs, strict=True)):
+            expected = n_samples(spec.ctx_end_s) - n_samples(spec.ctx_start_s)
+            if len(audio) != expected:
+                raise ValueError(f"{spec.book} chunk {spec.chunk}: window has {len(audio)} samples, expected {expected}")
+            by_length.setdefault(expected, []).append(i)
+        out: list[np.ndarray] = [np.empty(0)] * len(specs)
+        for idx in by_length.values():
+            codes = self.encode(np.stack([windows[i] for i in idx]))
+            for row, i in zip(codes, idx):
+                spec = specs[i]
+                assert row.shape[1] == spec.trim_left + spec.frames + spec.trim_right, (row.shape, spec)
+                out[i] = np.ascontiguousarray(row[:, spec.trim_left: spec.trim_left + spec.frames])
+        return out
+
+    def encode_chunk(self, audio_with_context: np.ndarray, spec: ChunkSpec) -> np.ndarray:
+        """Codes [K, spec.frames] of one chunk, from the audio of its context window."""
+        return self.encode_chunks([audio_with_context], [spec])[0]
+
+
+def token_config(tcfg: TokenizeConfig) -> dict:
+    """The part of the config that decides the tokens (not where or how fast they are computed)."""
+    return {"encodec": to_dict(tcfg.encodec), "chunking": to_dict(tcfg.chunking)}
+
+
+def token_config_hash(tcfg: TokenizeConfig) -> str:
+    """Hash of `token_config` without the checkpoint's path: the weights are identified by their sha256,
+    so moving the file changes nothing."""
+    config = token_config(tcfg)
+    config["encodec"]["weights"].pop("checkpoint")
+    return config_hash(config)
+
+
+def tokenizer_info(tcfg: TokenizeConfig, stream: str = "encodec", tokenizer: EncodecTokenizer | None = None) -> TokenizerInfo:
+    """What a manifest records about the tokenizer; builds it unless `tokenizer` is given."""
+    tokenizer = tokenizer or EncodecTokenizer(tcfg.encodec)
+    return TokenizerInfo(
+        kind="encodec", stream=stream, sample_rate=SAMPLE_RATE, frame_rate=float(tokenizer.frame_rate),
+        bandwidth=tcfg.encodec.bandwidth, n_codebooks=tokenizer.n_codebooks, codebook_size=tokenizer.codebook_size,
+        config=token_config(tcfg), config_hash=token_config_hash(tcfg), weights=tokenizer.weights_identity(),
+    )
+
+
+def load_tokenizer(info: TokenizerInfo, device: str | torch.device = "cpu", checkpoint: str | None = None) -> EncodecTokenizer:
+    """Rebuild the tokenizer a manifest was made with (its weights file may have moved: `checkpoint`);
+    refuse if the weights are not the same."""
+    if info.kind != "encodec":
+        raise NarratorError(f"tokenizer kind {info.kind!r} is not 'encodec'")
+    cfg = from_dict(EncodecConfig, info.config["encodec"], "encodec.")
+    if checkpoint is not None:
+        cfg.weights.checkpoint = checkpoint
+    tokenizer = EncodecTokenizer(cfg, device)
+    got = tokenizer.weights_identity()
+    if got.sha256 != info.weights.sha256:
+        raise NarratorError(f"{got.source}: EnCodec weights sha256 {got.sha256[:12]} differ from the "
+                            f"{info.weights.sha256[:12]} the tokens were made with ({info.weights.source})")
+    return tokenizer
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of every tensor, in key order."""
+    h = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def synthetic_speech(seconds: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A speech-like float64 signal made from `seed` alone: voiced syllables with a gliding pitch and
+    formants, noise bursts (fricatives) and pauses. Peak 0.5."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    out = np.zeros(n)
+    pos = 0
+    while pos < n:
+        m = min(int(rng.uniform(0.06, 0.3) * sample_rate), n - pos)
+        kind = rng.choice(3, p=[0.6, 0.25, 0.15])  # voiced, fricative, pause
+        window = np.hanning(m)
+        if kind == 0:
+            f0 = np.linspace(rng.uniform(80, 240), rng.uniform(80, 240), m)
+            phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+            formants = rng.uniform([250, 800, 2200], [900, 2400, 3400])
+            harmonics = np.arange(1, int(4000 / f0.max()) + 1)
+            freqs = harmonics * f0.mean()
+            amps = sum(np.exp(-0.5 * ((freqs - f) / 150.0) ** 2) for f in formants) / harmonics**0.5
+            seg = (amps[:, None] * np.sin(harmonics[:, None] * phase[None])).sum(0)
+            out[pos: pos + m] = seg / (np.abs(seg).max() + 1e-9) * rng.uniform(0.3, 1.0) * window
+        elif kind == 1:
+            noise = np.diff(rng.standard_normal(m + 1))  # differenced noise: a high-passed hiss
+            out[pos: pos + m] = noise / np.abs(noise).max() * rng.uniform(0.05, 0.3) * window
+        pos += m
+    out += 1e-4 * rng.standard_normal(n)
+    return 0.5 * out / np.abs(out).max()
+
+
+def _new_model() -> EncodecModel:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
+        return EncodecModel.encodec_model_24khz(pretrained=False)
+
+
+def _downloaded_model() -> EncodecModel:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return EncodecModel.encodec_model_24khz(pretrained=True)
+    except Exception as e:  # network, proxy, disk or checksum: all end the same way for the user
+        raise NarratorError(
+            f"{PRETRAINED_URL}: EnCodec pretrained weights could not be downloaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); set encodec.weights.checkpoint=PATH to a local copy "
+            "of that file, or encodec.weights.mode=random for offline tests") from None
+
+
+def _checkpoint_model(path: Path) -> EncodecModel:
+    if not path.is_file():
+        raise NarratorError(f"{path}: EnCodec checkpoint not found (encodec.weights.checkpoint)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for files that are not tensor archives
+        raise NarratorError(f"{path}: not a loadable state_dict file ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NarratorError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+    model = _new_model()
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise NarratorError(f"{path}: does not fit EnCodec 24 kHz ({len(result.missing_keys)} missing keys, e.g. "
+                            f"{result.missing_keys[:1]}; {len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:1]})")
+    return model
+
+
+def _random_model(seed: int) -> EncodecModel:
+    """A reproducible random EnCodec whose codebooks are usable.
+
+    Random init leaves the codebooks at zero (EnCodec initializes them by k-means on the first
+    training batch), so every code would be 0. Each level is filled instead with encoder frames of a
+    seeded synthetic signal. Everything that involves a float reduction is computed in float64 and
+    rounded to float32, so the weights (and their sha256) are bit-identical across thread counts and
+    CPUs: every Ray actor and a later `generate` rebuild exactly this model.
+    """
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        model = _new_model()
+        for name, g in model.named_parameters():
+            if name.endswith(".weight_g"):  # weight_norm's g = |v| was computed in float32 at init
+                v = model.get_parameter(name[: -len("g")] + "v")
+                g.copy_(v.double().flatten(1).norm(dim=1).view_as(g).float())
+        signal = torch.from_numpy(synthetic_speech(_FILL_SECONDS, seed))
+        frames = model.encoder.double()(signal[None, None])[0].T  # [T, D] float64
+        model.encoder.float()  # float32 -> float64 -> float32 leaves the weights unchanged
+        # A random encoder's frames share one large offset (~100x their spread), which leaves the
+        # quantizer choosing between near-ties that float32 noise decides. Move it into the last bias.
+        offset = frames.mean(dim=0)
+        last_conv = model.encoder.model[-1].conv.conv
+        last_conv.bias.copy_((last_conv.bias.double() - offset).float())
+        frames = frames - offset
+        generator = torch.Generator().manual_seed(seed)
+        residual = frames
+        for layer in model.quantizer.vq.layers:
+            book = layer._codebook
+            picked = torch.randperm(len(residual), generator=generator)[: book.codebook_size]
+            embed = residual[picked]
+            dist = torch.cdist(residual, embed)
+            # Leave-one-out: a frame that became a code may not quantize to itself, or the next
+            # level would see mostly zero residuals.
+            dist[picked, torch.arange(len(picked))] = torch.inf
+            residual = residual - embed[dist.argmin(dim=1)]
+            book.embed.copy_(embed.float())
+            book.embed_avg.copy_(embed.float())
+            book.inited.fill_(1.0)
+    return model
