@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarize a token folder: books, chunks, shards, tokens, splits, weights")
     p.add_argument("tokens", type=Path, help="folder holding manifest.json (or the manifest itself)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _common(p)
+    _common(p)  # a training config: its data.val_center / data.val_fraction set the split shown
 
     p = sub.add_parser("train", help="train the GPT (same as `python trainer/run.py`)")
     p.add_argument("--resume", nargs="?", const="auto", help="resume from OUT's latest checkpoint, or from PATH")
@@ -102,8 +102,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         return 0 if not report.failed else 2
     elif args.command == "inspect":
         from narrator.tokenizers.inspect import inspect_tokens
+        from narrator.trainer.config import TrainConfig
 
-        print(inspect_tokens(args.tokens, as_json=args.json))
+        train = load_config(TrainConfig, args.config, [f"data.manifest={args.tokens}", *args.overrides])
+        print(inspect_tokens(args.tokens, as_json=args.json, data=train.data))
     elif args.command == "train":
         from narrator.trainer.run import main as train_main
 

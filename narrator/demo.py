@@ -91,8 +91,11 @@ def run_demo(cfg: DemoConfig) -> None:
                             seconds=cfg.generate_seconds, out=str(sample)))
 
     minutes = (time.time() - started) / 60
-    print(f"\nDemo finished in {minutes:.1f} min (EnCodec weights: {mode}). Outputs:\n"
-          f"  {book}                  the sample book (24 kHz mono)\n"
-          f"  {tokens}/               shards/*.tar, manifest.json (see `narrator inspect {tokens}`)\n"
-          f"  {train}/                metrics.jsonl, train_loss.png, val_loss.png, checkpoints/\n"
-          f"  {sample}                prompt + continuation\n")
+    outputs = [(book, "the sample book (24 kHz mono)"),
+               (f"{tokens}/", f"shards/*.tar, manifest.json (see `narrator inspect {tokens}`)"),
+               (f"{train}/", "metrics.jsonl, train_loss.png, val_loss.png, checkpoints/"),
+               (sample, f"{cfg.prompt_seconds:g} s prompt + {cfg.generate_seconds:g} s continuation")]
+    width = max(len(str(path)) for path, _ in outputs)
+    print(f"\nDemo finished in {minutes:.1f} min (EnCodec weights: {mode}). Outputs:")
+    for path, what in outputs:
+        print(f"  {str(path):<{width}}  {what}")

@@ -209,3 +209,15 @@ def test_tokenizes_twenty_seconds_of_a_real_recording_with_random_weights(tmp_pa
     distinct = [len(np.unique(row)) for row in codes]
     print(f"real speech, {codes.shape[1]} frames: distinct codes per codebook {distinct}")
     assert min(distinct) >= 100
+
+
+def test_inspect_shows_the_validation_window_of_each_book(first_run, capsys):
+    from narrator.cli import main
+
+    assert main(["inspect", str(first_run), "--set", "data.val_fraction=0.25", "--set", "data.val_center=0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "validation = 25% of each book centred at 50%" in text
+    manifest = Manifest.load(first_run)
+    book = manifest.books[0]
+    start, end = (book.duration_s * 0.375, book.duration_s * 0.625)
+    assert f"val {start:.2f}-{end:.2f} s" in text
