@@ -214,10 +214,13 @@ def test_tokenizes_twenty_seconds_of_a_real_recording_with_random_weights(tmp_pa
 def test_inspect_shows_the_validation_window_of_each_book(first_run, capsys):
     from narrator.cli import main
 
-    assert main(["inspect", str(first_run), "--set", "data.val_fraction=0.25", "--set", "data.val_center=0.5"]) == 0
+    out = first_run[1]
+    assert main(["inspect", str(out), "--set", "data.val_fraction=0.25", "--set", "data.val_center=0.5"]) == 0
     text = capsys.readouterr().out
     assert "validation = 25% of each book centred at 50%" in text
-    manifest = Manifest.load(first_run)
+    manifest = Manifest.load(out)
     book = manifest.books[0]
     start, end = (book.duration_s * 0.375, book.duration_s * 0.625)
-    assert f"val {start:.2f}-{end:.2f} s" in text
+    line = next(line for line in text.splitlines() if line.split()[:1] == [book.id])
+    shown = line.split("val ", 1)[1].removesuffix(" s")
+    assert [float(x) for x in shown.split("-")] == pytest.approx([start, end], abs=1 / 75)
