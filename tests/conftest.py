@@ -24,6 +24,15 @@ from narrator.tokenizers.shards import ChunkRecord, ShardWriter
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"  # <repo>/../shared/audio
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Keep every test at one intra-op thread, even after code under test changed it."""
+    import torch
+
+    yield
+    torch.set_num_threads(1)
+
+
 # --- token folders (trainer / streaming tests) ---------------------------------------------------
 
 def make_token_folder(out: str | Path, books: int = 2, seconds: float = 20.0, n_codebooks: int = 4,

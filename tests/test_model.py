@@ -6,15 +6,6 @@ import torch
 from narrator.trainer.model import GPT, PRESETS, GPTConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two busy-waiting torch threads on 2 shared cores run tiny models ~20x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(**kw) -> GPT:
     torch.manual_seed(0)
     return GPT(GPTConfig(block_size=32, vocab_size=64, dropout=0.0, **{**PRESETS["tiny"], **kw}))

@@ -25,15 +25,6 @@ TINY = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny.yaml
 TOKENS_PER_STEP = 4 * 64  # batch_size x block_size in tiny.yaml
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two busy-waiting torch threads on 2 shared cores run tiny models ~20x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def train(tokens: Path, out: Path, *overrides: str, resume: str | None = None) -> int:
     argv = ["--config", str(TINY), "--set", f"data.manifest={tokens}", "--set", f"out={out}"]
     argv += [x for o in overrides for x in ("--set", o)]
