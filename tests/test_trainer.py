@@ -46,6 +46,8 @@ def test_trains_on_a_token_folder(token_folder, tmp_path, capsys):
     losses = [r["train_loss"] for r in records]
     assert sum(losses[-3:]) / 3 < losses[0] - 1.5, losses  # starts at ln(4096) = 8.3
     assert records[-1]["val_loss"] < records[9]["val_loss"]
+    per_codebook = records[-1]["val_loss_per_codebook"]  # 4 codebooks; their mean is the val loss
+    assert len(per_codebook) == 4 and sum(per_codebook) / 4 == pytest.approx(records[-1]["val_loss"], abs=1e-3)
     cfg = load_config(TrainConfig, TINY, ["data.manifest=x"])
     assert [r["lr"] for r in records] == pytest.approx([lr_at(s, cfg.schedule, cfg.optim.lr, 20) for s in range(20)])
     assert (out / "train_loss.png").stat().st_size > 1000 and (out / "val_loss.png").stat().st_size > 1000

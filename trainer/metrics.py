@@ -21,6 +21,7 @@ class StepMetrics:
     lr: float  # used by this step's update
     tokens_per_s: float  # all processes together, training time only
     val_loss: float | None = None  # when evaluated at this step
+    val_loss_per_codebook: list[float] | None = None  # codebook 0 (coarsest) first
 
 
 def tracker_backend() -> str | None:
@@ -43,7 +44,9 @@ class MetricsLog:
         if self.accelerator.is_main_process:
             with open(self.path, "a") as f:
                 f.write(json.dumps(values) + "\n")
-        self.accelerator.log({k: v for k, v in values.items() if k != "step"}, step=record.step)
+        scalars = {k: v for k, v in values.items() if k not in ("step", "val_loss_per_codebook")}
+        scalars.update({f"val_loss_codebook_{k}": v for k, v in enumerate(record.val_loss_per_codebook or [])})
+        self.accelerator.log(scalars, step=record.step)
 
     def plot(self) -> None:
         if self.accelerator.is_main_process:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from tqdm import tqdm
@@ -144,10 +145,11 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
                 raise NarratorError(f"non-finite loss ({loss}) at step {state.step}: training diverged (lower optim.lr, "
                                     f"check the data); last good checkpoint: {last_checkpoint or 'none'}")
             final = state.step == cfg.max_steps
-            val_loss = evaluate(accelerator, model, val_batches) if final or state.step % cfg.eval_every == 0 else None
+            val_loss, val_codebooks = (evaluate(accelerator, model, val_batches, manifest.tokenizer.n_codebooks)
+                                       if final or state.step % cfg.eval_every == 0 else (None, None))
             progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.rate:,.0f}", refresh=False)
             if final or val_loss is not None or state.step % cfg.log_every == 0:
-                metrics.log(window.record(state.step, lr, val_loss))
+                metrics.log(window.record(state.step, lr, val_loss, val_codebooks))
             if state.step % cfg.plot_every == 0:
                 metrics.plot()
             stopping = stop.agreed(accelerator)
@@ -251,12 +253,26 @@ def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torc
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Mean loss over the fixed validation batches of every process."""
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+             n_codebooks: int) -> tuple[float, list[float]]:
+    """Mean loss over the fixed validation batches of every process, overall and per codebook.
+
+    Windows start on a frame, so target position i holds codebook (i + 1) % n_codebooks: a loss
+    that rises in one codebook only (audiocraft logs the same) shows here before the mean moves.
+    """
+    device = accelerator.device
+    codebook = torch.arange(1, batches[0][1].shape[1] + 1, device=device) % n_codebooks  # of each target
+    sums = torch.zeros(n_codebooks, device=device)
     model.eval()
-    losses = torch.stack([model(x.to(accelerator.device), y.to(accelerator.device))[1] for x, y in batches])
+    for x, y in batches:
+        logits, _ = model(x.to(device))
+        losses = F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none")  # [B, T]
+        sums.index_add_(0, codebook, losses.mean(0))
     model.train()
-    return accelerator.reduce(losses.mean(), "mean").item()
+    counts = torch.bincount(codebook, minlength=n_codebooks)
+    per_codebook = accelerator.reduce(sums / (len(batches) * counts), "mean")
+    overall = (per_codebook * counts).sum() / counts.sum()
+    return overall.item(), [round(v, 4) for v in per_codebook.tolist()]
 
 
 class Window:
@@ -276,9 +292,10 @@ class Window:
         self.rate = self.tokens / max(self.seconds, 1e-9)
         self.last_loss = loss
 
-    def record(self, step: int, lr: float, val_loss: float | None) -> StepMetrics:
+    def record(self, step: int, lr: float, val_loss: float | None, val_codebooks: list[float] | None) -> StepMetrics:
         record = StepMetrics(step=step, train_loss=sum(self.losses) / len(self.losses), lr=lr,
-                             tokens_per_s=round(self.rate, 1), val_loss=val_loss)
+                             tokens_per_s=round(self.rate, 1), val_loss=val_loss,
+                             val_loss_per_codebook=val_codebooks)
         self.losses, self.tokens, self.seconds = [], 0, 0.0
         return record
 
