@@ -25,7 +25,7 @@ FRAME_RATE = 75
 
 
 def write_synthetic(out: Path, chunks: int, seconds: float, codebooks: int, chunks_per_shard: int = 64) -> Manifest:
-    """One book of `chunks` chunks of random codes, in shards of `chunks_per_shard`."""
+    """One book of `chunks` chunks of random codes, in shards of `chunks_per_shard` (consecutive slices of it)."""
     tok = TokenizerInfo(kind="encodec", stream="encodec", sample_rate=24000, frame_rate=FRAME_RATE, bandwidth=3.0,
                         n_codebooks=codebooks, codebook_size=1024, config={}, config_hash="synthetic",
                         weights=WeightsIdentity(mode="random", source="synthetic", sha256="0"))
@@ -37,7 +37,7 @@ def write_synthetic(out: Path, chunks: int, seconds: float, codebooks: int, chun
                 writer.write(ChunkRecord("book", c, c * seconds, (c + 1) * seconds, frames, "encodec"),
                              rng.integers(0, 1024, (codebooks, frames), dtype=np.int16))
             shard = writer.close()
-        manifest.shards.append(ShardEntry(path, "book", shard.samples, shard.tokens, shard.bytes, shard.sha256))
+        manifest.shards.append(ShardEntry(path, ["book"], shard.samples, shard.tokens, shard.bytes, shard.sha256))
     manifest.books.append(BookEntry("book", "synthetic", chunks * seconds, chunks * frames, chunks,
                                     [s.path for s in manifest.shards]))
     manifest.save(out / "manifest.json")
@@ -66,7 +66,7 @@ def main() -> None:
         next(it)
         t0 = time.perf_counter()
         for _ in range(args.batches):
-            x, _ = next(it)
+            x = next(it).x
         elapsed = time.perf_counter() - t0
     tokens_per_s = args.batches * x.numel() / elapsed
     print("| data | block x batch | workers | train tokens/s | val windows | val build s |")

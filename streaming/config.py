@@ -13,8 +13,9 @@ class DataConfig:
     manifest: str = ""  # token folder or its manifest.json (required)
     layout: Literal["flat"] = "flat"  # codebooks interleaved frame by frame
     shared_vocab: bool = False  # true: all codebooks share ids 0..1023 (no per-codebook offsets)
-    val_center: float = 0.5  # where each book's validation window sits, as a fraction of its duration
-    val_fraction: float = 0.05  # size of that window, as a fraction of the book's duration
+    val_center: float = 0.5  # where a long book's validation window sits, as a fraction of its duration
+    val_fraction: float = 0.05  # held out for validation: this share of each long book, and of the short recordings
+    long_book_seconds: float = 60.0  # shorter recordings are held out whole (by a hash of their id), not cut
     shuffle_buffer: int = 256  # training windows held for shuffling
     num_workers: int = 1  # DataLoader workers per process
     seed: int = 1337
@@ -24,3 +25,5 @@ class DataConfig:
             raise ConfigError(f"'data.val_center': {self.val_center} is not in [0, 1]")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"'data.val_fraction': {self.val_fraction} is not in (0, 1)")
+        if self.long_book_seconds < 0:
+            raise ConfigError(f"'data.long_book_seconds': {self.long_book_seconds} is negative")

@@ -1,20 +1,25 @@
 """Token shards -> training and validation windows, as a webdataset pipeline behind a DataLoader.
 
-One pipeline per pass: shard source -> `wds.tarfile_to_samples` -> chunk segments of one split ->
-windows of block_size + 1 tokens (-> shuffle buffer, for training). Every (rank, worker) slot of a
-run reads its own share of the shards; training loops over epochs without end, so ranks that were
-dealt fewer tokens never starve or hang. Validation windows are read once and kept in memory.
+One pipeline per pass: shard source -> `wds.tarfile_to_samples` -> the chunk segments of one split
+-> one continuous token stream -> windows of block_size + 1 tokens (-> shuffle buffer, for training).
+The stream crosses chunk boundaries: consecutive chunks of a book are exact consecutive slices of
+its tokens, so they are joined, and everything else (the next recording, a gap, a validation window
+cut out of a book) is packed behind one boundary frame. Windows are cut every block_size tokens
+(rounded to whole frames), so nearly every token lands in a window once per epoch.
+
+Every (rank, worker) slot of a run reads its own share of the shards; training loops over epochs
+without end, so ranks that were dealt fewer tokens never starve or hang. Validation windows are
+read once and kept in memory.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import Literal, NamedTuple, NoReturn
 from urllib.parse import urlparse
 
 import numpy as np
@@ -25,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.layout import Layout, make_layout
-from narrator.streaming.split import split_chunk, val_window
+from narrator.streaming.split import split_chunk, val_frames
 from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
 from narrator.tokenizers.shards import ChunkRecord, decode_npy
 
@@ -33,7 +38,7 @@ REMOTE_SCHEMES = ("http", "https")  # opened by webdataset's gopen with curl (no
 
 
 def data_vocab(cfg: DataConfig, manifest: Manifest) -> tuple[Layout, int]:
-    """The layout this data is read with and its vocabulary size, for checking a model against the data."""
+    """The layout this data is read with and its vocabulary size (codes + boundary token), for checking a model."""
     tok = manifest.tokenizer
     layout = make_layout(cfg.layout, tok.n_codebooks, tok.codebook_size, cfg.shared_vocab)
     return layout, layout.vocab_size
@@ -45,6 +50,9 @@ def shard_urls(manifest: Manifest, manifest_dir: Path) -> list[str]:
     Local shards are checked against the manifest's byte counts here; http(s) shards only when read.
     """
     where = Path(manifest_dir) / MANIFEST_NAME
+    if manifest.pending:
+        raise NarratorError(f"{where}: tokenization is incomplete ({len(manifest.pending)} shards pending); "
+                            "rerun narrator tokenize")
     if not manifest.shards:
         raise NarratorError(f"{where}: the manifest lists no shards")
     urls = []
@@ -71,12 +79,53 @@ def shard_urls(manifest: Manifest, manifest_dir: Path) -> list[str]:
 
 
 @dataclass
+class EpochCoverage:
+    """One epoch's training tokens (boundary frames not counted) and how many landed in some window."""
+
+    epoch: int
+    tokens: int
+    covered: int
+
+    @property
+    def share(self) -> float:
+        return self.covered / self.tokens if self.tokens else 1.0
+
+    def __add__(self, other: "EpochCoverage") -> "EpochCoverage":
+        if other.epoch != self.epoch:
+            raise ValueError(f"cannot add the coverage of epoch {other.epoch} to epoch {self.epoch}")
+        return EpochCoverage(self.epoch, self.tokens + other.tokens, self.covered + other.covered)
+
+
+@dataclass
+class Window:
+    """block_size + 1 tokens; a slot's last window of an epoch carries that epoch's coverage."""
+
+    tokens: np.ndarray
+    coverage: EpochCoverage | None = None
+
+
+class TrainBatch(NamedTuple):
+    x: torch.Tensor  # int64 [batch, block_size]
+    y: torch.Tensor  # x shifted by one
+    coverage: list[EpochCoverage]  # epochs that a slot finished with this batch's windows
+
+
+@dataclass
+class _Piece:
+    """A run of consecutive frames of one book, as tokens."""
+
+    book: str
+    start: int  # absolute frame in the book
+    tokens: np.ndarray
+
+
+@dataclass
 class TokenShards:
     """A manifest's checked shards and what is needed to cut their chunks into windows."""
 
     where: str  # the manifest file, for messages
     urls: list[str]
-    samples: int  # chunks over all shards
+    shard_samples: list[int]  # chunks per shard, as the manifest says
     stream: str
     frame_rate: float
     layout: Layout
@@ -88,27 +137,42 @@ class TokenShards:
         return cls(
             where=str(Path(manifest_dir) / MANIFEST_NAME),
             urls=shard_urls(manifest, manifest_dir),
-            samples=sum(s.samples for s in manifest.shards),
+            shard_samples=[s.samples for s in manifest.shards],
             stream=manifest.tokenizer.stream,
             frame_rate=manifest.tokenizer.frame_rate,
             layout=layout,
-            val_frames={b.id: val_window(b.frames, cfg.val_center, cfg.val_fraction) for b in manifest.books},
+            val_frames=val_frames(manifest.books, cfg),
         )
 
-    def pipeline(self, urls: list[str], split: Literal["train", "val"], block_size: int,
-                 rng: np.random.Generator | None, keep: slice = slice(None)) -> wds.DataPipeline:
-        """Windows of one split from `urls`, in order. `keep` selects chunks by position in the stream;
-        `rng` draws where each segment's first window starts (None: at its first frame)."""
+    def stride(self, block_size: int) -> int:
+        """Tokens between window starts: whole frames, at most block_size + 1 so windows leave no gap.
+
+        With block_size a multiple of the frame, consecutive windows share one token (the last
+        target of one is the first input of the next) and every token is an input or a target.
+        """
+        tpf = self.layout.tokens_per_frame
+        return max(1, (block_size + 1) // tpf) * tpf
+
+    def token_stream(self, urls: list[str], split: Literal["train", "val"], keep: slice = slice(None)) -> Iterator[np.ndarray]:
+        """The tokens of `split` in `urls`, in order, with a boundary frame wherever two pieces do not join.
+
+        `keep` selects chunks by position in the shards' concatenated samples.
+        """
         source = _ShardSource(urls)
-        return wds.DataPipeline(
+        pipeline = wds.DataPipeline(
             source,
             wds.tarfile_to_samples(handler=source.fail),
-            wds.slice(keep.start or 0, None, keep.step or 1),
-            lambda samples: self._segments(samples, split),
-            lambda segments: _windows(segments, block_size + 1, self.layout.tokens_per_frame, rng),
+            lambda samples: itertools.islice(samples, keep.start, keep.stop),
+            lambda samples: self._pieces(samples, split),
         )
+        last = None  # (book, frame after the previous piece)
+        for piece in pipeline:
+            if last is not None and last != (piece.book, piece.start):
+                yield self.layout.boundary_frame
+            yield piece.tokens
+            last = (piece.book, piece.start + len(piece.tokens) // self.layout.tokens_per_frame)
 
-    def _segments(self, samples: Iterator[dict], split: str) -> Iterator[np.ndarray]:
+    def _pieces(self, samples: Iterator[dict], split: str) -> Iterator[_Piece]:
         """Token runs of `split` from each chunk; a chunk's npy is decoded only when it holds one."""
         field = f"{self.stream}.npy"
         for sample in samples:
@@ -126,7 +190,7 @@ class TokenShards:
                 continue
             codes = self._codes(sample[field], record, url, key)
             for part in parts:
-                yield self.layout.to_tokens(codes[:, part.start : part.end])
+                yield _Piece(record.book, part.book_start, self.layout.to_tokens(codes[:, part.start : part.end]))
 
     def _codes(self, data: bytes, record: ChunkRecord, url: str, key: str) -> np.ndarray:
         try:
@@ -140,6 +204,61 @@ class TokenShards:
         if codes.size and (codes.min() < 0 or codes.max() >= self.layout.codebook_size):
             raise NarratorError(f"{url}: sample {key} holds codes outside [0, {self.layout.codebook_size})")
         return codes
+
+    def windows(self, stream: Iterable[np.ndarray], block_size: int, rotate: int = 0, epoch: int = 0) -> Iterator[Window]:
+        """Windows of block_size + 1 tokens cut from `stream` every `stride` tokens; the last carries the coverage.
+
+        `rotate` > 0 holds the stream's first `rotate` tokens back and cuts them last, behind a
+        boundary frame: a different cut every epoch, and still at most one partial window lost.
+        """
+        boundary = self.layout.boundary_token
+        cutter = _Cutter(block_size + 1, self.stride(block_size), boundary)
+        held, tokens, last = [], 0, None
+        for piece in stream:
+            tokens += int(np.count_nonzero(piece != boundary))
+            if rotate > 0:
+                held.append(piece[:rotate])
+                piece, rotate = piece[rotate:], rotate - len(held[-1])
+            for window in cutter.feed(piece):
+                if last is not None:
+                    yield Window(last)
+                last = window
+        if held:
+            tail = np.concatenate(held)
+            for window in cutter.feed(np.concatenate([self.layout.boundary_frame, tail]) if cutter.fed else tail):
+                if last is not None:
+                    yield Window(last)
+                last = window
+        if last is not None:
+            yield Window(last, EpochCoverage(epoch, tokens, cutter.covered))
+
+
+class _Cutter:
+    """Cuts windows of `length` tokens every `stride` tokens from a stream fed piece by piece, in O(length) memory.
+
+    Counts the stream's non-boundary tokens that land in a window (a token shared by two windows once).
+    """
+
+    def __init__(self, length: int, stride: int, boundary: int):
+        self.length, self.stride, self.boundary = length, stride, boundary
+        self.buffer = np.empty(0, np.int64)
+        self.position = 0  # stream position of buffer[0]
+        self.covered_until = 0  # stream position after the last token counted as covered
+        self.covered = 0
+        self.fed = False
+
+    def feed(self, piece: np.ndarray) -> Iterator[np.ndarray]:
+        if not len(piece):
+            return
+        self.fed = True
+        self.buffer = np.concatenate([self.buffer, piece]) if len(self.buffer) else piece
+        while len(self.buffer) >= self.length:
+            window = self.buffer[: self.length].copy()
+            fresh = window[max(0, self.covered_until - self.position):]
+            self.covered += int(np.count_nonzero(fresh != self.boundary))
+            self.covered_until = self.position + self.length
+            yield window
+            self.buffer, self.position = self.buffer[self.stride:], self.position + self.stride
 
 
 class _ShardSource:
@@ -163,50 +282,51 @@ class _ShardSource:
         raise NarratorError(f"shard {self.current} is truncated or corrupt: {detail}") from None
 
 
-def _windows(segments: Iterator[np.ndarray], length: int, tokens_per_frame: int,
-             rng: np.random.Generator | None) -> Iterator[np.ndarray]:
-    """Non-overlapping windows of `length` tokens starting on frame boundaries, never leaving a segment.
-
-    Starts are one stride apart (`length` rounded up to whole frames); the first start is a random
-    frame below one stride when `rng` is given, else 0. Segments shorter than `length` give none.
-    """
-    stride = math.ceil(length / tokens_per_frame)  # in frames
-    for tokens in segments:
-        last = (len(tokens) - length) // tokens_per_frame  # last frame a window may start on
-        if last < 0:
-            continue
-        first = int(rng.integers(min(stride, last + 1))) if rng is not None else 0
-        for frame in range(first, last + 1, stride):
-            start = frame * tokens_per_frame
-            yield tokens[start : start + length]
-
-
-def _collate(windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows of block_size + 1 tokens -> (x, y) int64 [batch, block_size], y = x shifted by one."""
-    w = torch.from_numpy(np.stack(windows).astype(np.int64))
+def _pairs(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows [batch, block_size + 1] -> (x, y) int64 [batch, block_size], y = x shifted by one."""
+    w = torch.from_numpy(windows.astype(np.int64))
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
 
-def slot_plan(n_shards: int, n_samples: int, seed: int, epoch: int, slot: int, slots: int) -> tuple[list[int], slice]:
+def _collate_train(windows: list[Window]) -> TrainBatch:
+    x, y = _pairs(np.stack([w.tokens for w in windows]))
+    return TrainBatch(x, y, [w.coverage for w in windows if w.coverage is not None])
+
+
+def _collate_val(windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pairs(np.stack(windows))
+
+
+def slot_plan(shard_samples: list[int], seed: int, epoch: int, slot: int, slots: int) -> tuple[list[int], slice]:
     """Which shards a (rank, worker) slot reads in `epoch`, in order, and which of their chunks it keeps.
 
     All slots shuffle the shard list identically, so their shares partition it: with at least as
-    many shards as slots each slot takes every slots-th shard; with fewer, each slot reads all of
-    them and keeps every slots-th chunk; with fewer chunks than slots, each slot keeps everything.
+    many shards as slots each slot takes every slots-th shard; with fewer, slot k keeps the k-th of
+    `slots` contiguous runs of chunks (so its books stay continuous) and reads only the shards that
+    hold them; with fewer chunks than slots, each slot keeps everything.
     """
-    order = [int(i) for i in np.random.default_rng([seed, epoch]).permutation(n_shards)]
-    if n_shards >= slots:
-        return order[slot::slots], slice(0, None, 1)
-    if n_samples >= slots:
-        return order, slice(slot, None, slots)
-    return order, slice(0, None, 1)
+    order = [int(i) for i in np.random.default_rng([seed, epoch]).permutation(len(shard_samples))]
+    if len(shard_samples) >= slots:
+        return order[slot::slots], slice(None)
+    total = sum(shard_samples)
+    if total < slots:
+        return order, slice(None)
+    lo, hi = slot * total // slots, (slot + 1) * total // slots
+    picked, first, position = [], 0, 0
+    for i in order:
+        end = position + shard_samples[i]
+        if end > lo and position < hi:
+            first = first if picked else position
+            picked.append(i)
+        position = end
+    return picked, slice(lo - first, hi - first)
 
 
 class TrainWindows(IterableDataset):
     """Endless shuffled training windows of block_size + 1 tokens for one rank.
 
     Deterministic for a given (seed, rank, worker, epoch). A slot whose share of an epoch yields no
-    window (its chunks too short) reads every shard from then on: duplicate data beats a hung rank.
+    window (too few tokens) reads every shard from then on: duplicate data beats a hung rank.
     """
 
     def __init__(self, shards: TokenShards, block_size: int, rank: int, world_size: int, workers: int,
@@ -220,7 +340,7 @@ class TrainWindows(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.epoch_offset = epoch_offset
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[Window]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         slot, slots = self.rank * self.workers + worker, self.world_size * self.workers
@@ -231,21 +351,37 @@ class TrainWindows(IterableDataset):
                 found += 1
                 yield window
             if found == 0 and read_all:
-                raise NarratorError(f"{self.shards.where}: no training window of {self.block_size + 1} tokens fits "
-                                    "in any chunk outside the validation windows; lower block_size")
+                raise NarratorError(f"{self.shards.where}: the training tokens fill no window of {self.block_size + 1} "
+                                    "tokens; lower block_size")
             read_all = read_all or found == 0
 
-    def epoch(self, epoch: int, worker: int, slot: int, slots: int, read_all: bool = False) -> Iterator[np.ndarray]:
+    def epoch(self, epoch: int, worker: int, slot: int, slots: int, read_all: bool = False) -> Iterator[Window]:
         """One pass over this slot's share (or over everything, when `read_all`)."""
         urls = self.shards.urls
         if read_all:
             slot, slots = 0, 1
-        order, keep = slot_plan(len(urls), self.shards.samples, self.seed, epoch, slot, slots)
+        order, keep = slot_plan(self.shards.shard_samples, self.seed, epoch, slot, slots)
         rng = np.random.default_rng([self.seed, self.rank, worker, epoch])
-        windows = self.shards.pipeline([urls[i] for i in order], "train", self.block_size, rng, keep)
+        tpf = self.shards.layout.tokens_per_frame
+        rotate = int(rng.integers(self.shards.stride(self.block_size) // tpf)) * tpf  # whole frames, < one stride
+        stream = self.shards.token_stream([urls[i] for i in order], "train", keep)
+        windows = self.shards.windows(stream, self.block_size, rotate, epoch)
         if self.shuffle_buffer > 1:
-            windows.append(wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, seed=int(rng.integers(2**63))))
+            windows = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, seed=int(rng.integers(2**63)))(windows)
         return iter(windows)
+
+
+def window_coverage(shards: TokenShards, block_size: int, epoch: int = 0, world_size: int = 1, workers: int = 1,
+                    seed: int = 0) -> EpochCoverage:
+    """One epoch's coverage over every slot of a run: the training tokens and how many landed in a window."""
+    total = EpochCoverage(epoch, 0, 0)
+    for rank in range(world_size):
+        dataset = TrainWindows(shards, block_size, rank, world_size, workers, seed, shuffle_buffer=0)
+        for worker in range(workers):
+            for window in dataset.epoch(epoch, worker, rank * workers + worker, world_size * workers):
+                if window.coverage is not None:
+                    total += window.coverage
+    return total
 
 
 class _Loader(DataLoader):
@@ -263,13 +399,14 @@ class _Loader(DataLoader):
 
 def build_train_loader(cfg: DataConfig, manifest: Manifest, manifest_dir: Path, block_size: int, batch_size: int,
                        rank: int, world_size: int, seed: int, epoch_offset: int = 0) -> DataLoader:
-    """Endless (x, y) int64 batches [batch_size, block_size] for this rank; shards reshuffle every epoch.
+    """Endless TrainBatch(x, y, coverage) for this rank: x, y int64 [batch_size, block_size]; shards reshuffle
+    every epoch.
 
     The loader already splits data by rank: do not pass it through `accelerator.prepare`.
     """
     shards = TokenShards.open(cfg, manifest, manifest_dir)
     dataset = TrainWindows(shards, block_size, rank, world_size, cfg.num_workers, seed, cfg.shuffle_buffer, epoch_offset)
-    return _Loader(dataset, batch_size=batch_size, collate_fn=_collate, num_workers=cfg.num_workers,
+    return _Loader(dataset, batch_size=batch_size, collate_fn=_collate_train, num_workers=cfg.num_workers,
                    persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
 
 
@@ -278,10 +415,10 @@ def val_windows(shards: TokenShards, block_size: int, rank: int, world_size: int
 
     Rank r keeps windows i % world_size == r; when there are fewer windows than ranks, all of them.
     """
-    windows = list(shards.pipeline(shards.urls, "val", block_size, rng=None))
+    windows = [w.tokens for w in shards.windows(shards.token_stream(shards.urls, "val"), block_size)]
     if not windows:
-        raise NarratorError(f"{shards.where}: no validation window of {block_size + 1} tokens fits in the held-out "
-                            "part of any book; raise data.val_fraction or lower block_size")
+        raise NarratorError(f"{shards.where}: the held-out tokens fill no validation window of {block_size + 1} "
+                            "tokens; raise data.val_fraction or lower block_size")
     if len(windows) >= world_size:
         windows = windows[rank::world_size]
     return np.stack(windows).astype(np.int32)
@@ -294,4 +431,4 @@ def build_val_loader(cfg: DataConfig, manifest: Manifest, manifest_dir: Path, bl
     The windows are read once, here, and held in memory (int32), so repeated evaluations cost no I/O.
     """
     windows = val_windows(TokenShards.open(cfg, manifest, manifest_dir), block_size, rank, world_size)
-    return DataLoader(windows, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+    return DataLoader(windows, batch_size=batch_size, shuffle=False, collate_fn=_collate_val)

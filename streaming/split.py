@@ -1,14 +1,21 @@
-"""Train/validation split by time: every book holds out one window around a point in its middle.
+"""Train/validation split: a window in the middle of each long book, whole short recordings.
 
-A time window (not whole chunks or books) keeps validation in-domain for every speaker while the
-model never trains on a frame inside it. Frames are absolute positions in the book.
+A time window (not whole chunks or books) keeps validation in-domain for every speaker of a long
+book while the model never trains on a frame inside it. A window in the middle of a 3 s clip
+would leave two scraps, so short recordings are held out whole instead, chosen by a stable hash
+of their id (the same on every machine and every run). Both are a held-out frame range per book,
+so one code path cuts chunks. Frames are absolute positions in the book.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from narrator.streaming.config import DataConfig
+from narrator.tokenizers.manifest import BookEntry
 from narrator.tokenizers.shards import ChunkRecord
 
 
@@ -37,6 +44,31 @@ def val_window(book_frames: int, center: float, fraction: float) -> tuple[int, i
     start = round(book_frames * center - length / 2)
     start = min(max(start, 0), book_frames - length)
     return start, start + length
+
+
+def id_hash(book_id: str) -> float:
+    """A stable number in [0, 1) for a book id (sha256, not Python's per-process hash)."""
+    return int(hashlib.sha256(book_id.encode()).hexdigest()[:16], 16) / 2**64
+
+
+def val_frames(books: Sequence[BookEntry], cfg: DataConfig) -> dict[str, tuple[int, int]]:
+    """Each book's held-out frames [start, end): a mid-book window, the whole recording, or (0, 0).
+
+    Books of at least `cfg.long_book_seconds` get `val_window`. Shorter recordings are held out
+    whole when id_hash < val_fraction; if that picks none of two or more, the one with the smallest
+    hash is, so a corpus of short clips always has validation data. A lone short recording with no
+    long book beside it gets a mid window (holding it out whole would leave nothing to train on).
+    """
+    long = [b for b in books if b.duration_s >= cfg.long_book_seconds]
+    short = sorted((b for b in books if b.duration_s < cfg.long_book_seconds), key=lambda b: id_hash(b.id))
+    held = {b.id for b in short if id_hash(b.id) < cfg.val_fraction}
+    if not held and len(short) >= 2:
+        held = {short[0].id}
+    if not long and len(short) == 1:
+        long, short = short, []
+    windows = {b.id: val_window(b.frames, cfg.val_center, cfg.val_fraction) for b in long}
+    windows.update({b.id: (0, b.frames) if b.id in held else (0, 0) for b in short})
+    return windows
 
 
 def split_chunk(record: ChunkRecord, frame_rate: float, window: tuple[int, int]) -> list[Segment]:

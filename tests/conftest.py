@@ -6,8 +6,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 # One intra-op thread per process: tests share 2 cores with Ray actors and trainer subprocesses,
 # and oversubscribed torch threads made steps ~20x slower here. Set before torch is imported.
@@ -35,11 +36,21 @@ def one_torch_thread():
 
 # --- token folders (trainer / streaming tests) ---------------------------------------------------
 
-def make_token_folder(out: str | Path, books: int = 2, seconds: float = 20.0, n_codebooks: int = 4,
-                      chunk_seconds: float = 5.0, chunks_per_shard: int = 2, seed: int = 0) -> Path:
-    """A token folder as `narrator tokenize` writes it (shards + manifest.json), holding random int16 codes < 16."""
+def make_token_folder(out: str | Path, books: int = 2, seconds: float | Sequence[float] = 20.0, n_codebooks: int = 4,
+                      chunk_seconds: float = 5.0, samples_per_shard: int = 2, seed: int = 0,
+                      codes: Literal["random", "position"] = "random") -> Path:
+    """A token folder as `narrator tokenize` writes it (shards + manifest.json, format narrator-tokens/2).
+
+    `books` recordings `book0, book1, ...` of `seconds` each (or one per entry of a list of
+    durations), cut into chunks of `chunk_seconds` (a shorter recording is one short chunk), packed
+    into shards of `samples_per_shard` chunks back to back, so a shard may hold many books and a
+    book may continue in the next shard. codes "random": int16 codes < 16 (learnable in a few
+    steps); "position": codebook 0 = frame % 1024, 1 = frame // 1024 (absolute frame in the book),
+    2 = book index, 3 = chunk index, so every token tells where it came from.
+    """
     out = Path(out)
     frame_rate = 75
+    durations = [float(seconds)] * books if isinstance(seconds, (int, float)) else [float(s) for s in seconds]
     info = TokenizerInfo(kind="encodec", stream="encodec", sample_rate=24000, frame_rate=float(frame_rate),
                          bandwidth={2: 1.5, 4: 3.0, 8: 6.0}.get(n_codebooks, 3.0), n_codebooks=n_codebooks,
                          codebook_size=1024, config={"test": True}, config_hash="test-tokens",
@@ -47,29 +58,36 @@ def make_token_folder(out: str | Path, books: int = 2, seconds: float = 20.0, n_
     manifest = Manifest(tokenizer=info)
     rng = np.random.default_rng(seed)
     chunk_frames = round(chunk_seconds * frame_rate)
-    total = round(seconds * frame_rate)
-    for b in range(books):
-        book = f"book{b}"
-        starts = list(range(0, total, chunk_frames))
-        names = []
-        for part, first in enumerate(range(0, len(starts), chunks_per_shard)):
-            names.append(f"shards/{book}-{part:05d}.tar")
-            with ShardWriter(out / names[-1]) as writer:
-                for c in range(first, min(first + chunks_per_shard, len(starts))):
-                    frames = min(chunk_frames, total - starts[c])
-                    codes = rng.integers(0, 16, (n_codebooks, frames), dtype=np.int16)  # few codes: learnable in a few steps
-                    writer.write(ChunkRecord(book, c, starts[c] / frame_rate, (starts[c] + frames) / frame_rate,
-                                             frames, "encodec"), codes)
-                shard = writer.close()
-            manifest.shards.append(ShardEntry(names[-1], book, shard.samples, shard.tokens, shard.bytes, shard.sha256))
-        manifest.books.append(BookEntry(book, f"{book}.wav", total / frame_rate, total, len(starts), names))
+    plan = []  # (book index, chunk, first frame, frames), in plan order
+    for b, duration in enumerate(durations):
+        total = max(1, round(duration * frame_rate))
+        plan += [(b, c, first, min(chunk_frames, total - first)) for c, first in enumerate(range(0, total, chunk_frames))]
+        manifest.books.append(BookEntry(f"book{b}", f"book{b}.wav", total / frame_rate, total,
+                                        len(range(0, total, chunk_frames)), []))
+    for part, first_sample in enumerate(range(0, len(plan), samples_per_shard)):
+        path, names = f"shards/shard-{part:06d}.tar", []
+        with ShardWriter(out / path) as writer:
+            for b, c, first, frames in plan[first_sample : first_sample + samples_per_shard]:
+                book = manifest.books[b]
+                if codes == "random":  # few codes: learnable in a few steps
+                    chunk_codes = rng.integers(0, 16, (n_codebooks, frames), dtype=np.int16)
+                else:
+                    at = np.arange(first, first + frames)
+                    chunk_codes = np.stack([at % 1024, at // 1024, np.full_like(at, b), np.full_like(at, c)][:n_codebooks])
+                writer.write(ChunkRecord(book.id, c, first / frame_rate, (first + frames) / frame_rate, frames,
+                                         "encodec"), chunk_codes)
+                if book.id not in names:
+                    names.append(book.id)
+                    book.shards.append(path)
+            shard = writer.close()
+        manifest.shards.append(ShardEntry(path, names, shard.samples, shard.tokens, shard.bytes, shard.sha256))
     manifest.save(out / "manifest.json")
     return out
 
 
 @pytest.fixture(scope="session")
 def token_folder(tmp_path_factory) -> Path:
-    """2 books x 20 s of random 4-codebook tokens (config_hash "test-tokens")."""
+    """2 recordings x 20 s of random 4-codebook tokens (config_hash "test-tokens"), 2 chunks per shard."""
     return make_token_folder(tmp_path_factory.mktemp("tokens"))
 
 

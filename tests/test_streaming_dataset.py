@@ -1,11 +1,13 @@
 """The streaming pipeline on small token folders whose codes encode their own position.
 
-Code layout of the fixture (4 codebooks): c0 = frame % 1024, c1 = frame // 1024 (absolute frame
-in the book), c2 = book index, c3 = chunk index; so every window tells where it came from.
+Code layout of the fixture (conftest.make_token_folder, codes="position", 4 codebooks): c0 = frame
+% 1024, c1 = frame // 1024 (absolute frame in the book), c2 = book index, c3 = chunk index; so
+every window tells where each of its frames came from.
 """
 
 import itertools
 import signal
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,50 +18,49 @@ import torch
 from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import (TokenShards, TrainWindows, build_train_loader, build_val_loader, data_vocab,
-                                        shard_urls)
+                                        shard_urls, slot_plan, window_coverage)
 from narrator.streaming.layout import FlatLayout
-from narrator.streaming.split import split_chunk, val_window
-from narrator.tokenizers.manifest import BookEntry, Manifest, ShardEntry, TokenizerInfo, WeightsIdentity
-from narrator.tokenizers.shards import ChunkRecord, ShardWriter
+from narrator.streaming.split import val_frames
+from narrator.tokenizers.manifest import Manifest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import make_token_folder  # noqa: E402
 
 FRAME_RATE = 75
-CHUNK_FRAMES = 150  # 2 s chunks
-BLOCK = 63  # windows of 64 tokens = 16 frames
+BLOCK = 63  # windows of 64 tokens = 16 frames, cut every 64 tokens
 LAYOUT = FlatLayout(4)
+BOOKS = [20.0, 14.0, 10.0, 3.0, 1.0, 0.5]  # seconds; books >= 12 s are long (cfg below)
+CHUNK_SECONDS = 2.0  # 150-frame chunks, 4 to a shard: 7 uneven shards, several books per shard
 
 
-def write_tokens(out: Path, book_chunks: list[int], chunks_per_shard: int = 4) -> Manifest:
-    """A token folder with one book per entry of `book_chunks` (its chunk count) and its manifest."""
-    tok = TokenizerInfo(kind="encodec", stream="encodec", sample_rate=24000, frame_rate=FRAME_RATE, bandwidth=3.0,
-                        n_codebooks=4, codebook_size=1024, config={}, config_hash="test",
-                        weights=WeightsIdentity(mode="random", source="random-init seed=0", sha256="0", seed=0))
-    manifest = Manifest(tokenizer=tok)
-    for b, n_chunks in enumerate(book_chunks):
-        book, names = f"book{b}", []
-        for part, first in enumerate(range(0, n_chunks, chunks_per_shard)):
-            names.append(f"shards/{book}-{part:05d}.tar")
-            with ShardWriter(out / names[-1]) as writer:
-                for c in range(first, min(first + chunks_per_shard, n_chunks)):
-                    frames = np.arange(c * CHUNK_FRAMES, (c + 1) * CHUNK_FRAMES)
-                    codes = np.stack([frames % 1024, frames // 1024, np.full_like(frames, b), np.full_like(frames, c)])
-                    writer.write(ChunkRecord(book, c, c * CHUNK_FRAMES / FRAME_RATE, (c + 1) * CHUNK_FRAMES / FRAME_RATE,
-                                             CHUNK_FRAMES, "encodec"), codes)
-                shard = writer.close()
-            manifest.shards.append(ShardEntry(names[-1], book, shard.samples, shard.tokens, shard.bytes, shard.sha256))
-        manifest.books.append(BookEntry(book, f"{book}.wav", n_chunks * CHUNK_FRAMES / FRAME_RATE,
-                                        n_chunks * CHUNK_FRAMES, n_chunks, names))
-    manifest.save(out / "manifest.json")
-    return manifest
+def write_tokens(out: Path, seconds: list[float] = BOOKS, samples_per_shard: int = 4) -> Manifest:
+    make_token_folder(out, seconds=seconds, chunk_seconds=CHUNK_SECONDS, samples_per_shard=samples_per_shard,
+                      codes="position")
+    return Manifest.load(out)
 
 
-def origin(window) -> tuple[int, int, np.ndarray]:
-    """(book, chunk, absolute frames) of a window that starts on a frame boundary."""
-    codes = LAYOUT.to_codes(np.asarray(window))
-    books, chunks = set(codes[2].tolist()), set(codes[3].tolist())
-    assert len(books) == 1 and len(chunks) == 1, "a window crossed a chunk"
-    frames = codes[0] + 1024 * codes[1]
-    assert np.array_equal(frames, np.arange(frames[0], frames[0] + len(frames))), "a window skipped frames"
-    return books.pop(), chunks.pop(), frames
+def runs(window) -> list[tuple[int, np.ndarray]]:
+    """(book, absolute frames) of each run of a window between boundary frames; each run is one book's
+    consecutive frames (a window starts on a frame; its trailing partial frame is dropped)."""
+    out = []
+    for codes in LAYOUT.split_codes(np.asarray(window)):
+        if not codes.shape[1]:
+            continue
+        books = set(codes[2].tolist())
+        assert len(books) == 1, "frames of two books joined without a boundary frame"
+        frames = codes[0] + 1024 * codes[1]
+        assert np.array_equal(frames, np.arange(frames[0], frames[0] + len(frames))), "a run skipped frames"
+        out.append((books.pop(), frames))
+    return out
+
+
+def frames_of(windows) -> set[tuple[int, int]]:
+    return {(book, int(f)) for w in windows for book, frames in runs(w) for f in frames}
+
+
+def stream_frames(stream) -> list[tuple[int, int]]:
+    """(book, frame) of every frame of a token stream, in order."""
+    return [(book, int(f)) for book, frames in runs(np.concatenate(list(stream))) for f in frames]
 
 
 @contextmanager
@@ -76,89 +77,167 @@ def deadline(seconds: int):
         signal.signal(signal.SIGALRM, old)
 
 
-BOOKS = [10, 7, 5]  # chunks per book: 7 uneven shards of up to 4 chunks
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> tuple[Path, Manifest]:
     out = tmp_path_factory.mktemp("tokens")
-    return out, write_tokens(out, BOOKS)
+    return out, write_tokens(out)
 
 
 def cfg(**kw) -> DataConfig:
-    return DataConfig(**{"manifest": "unused", "val_fraction": 0.1, "shuffle_buffer": 32, "num_workers": 0, **kw})
+    return DataConfig(**{"manifest": "unused", "val_fraction": 0.1, "long_book_seconds": 12.0, "shuffle_buffer": 32,
+                         "num_workers": 0, **kw})
 
 
-def book_windows(book_chunks: list[int] = BOOKS) -> dict[int, tuple[int, int]]:
-    return {b: val_window(n * CHUNK_FRAMES, 0.5, 0.1) for b, n in enumerate(book_chunks)}
+def held_out(manifest: Manifest) -> dict[int, tuple[int, int]]:
+    """Book index -> its held-out frames, as the loaders get them."""
+    return {int(book[4:]): window for book, window in val_frames(manifest.books, cfg()).items()}
 
 
-def train_chunks(book_chunks: list[int] = BOOKS) -> set[tuple[int, int]]:
-    """Chunks holding at least one train segment long enough for a window."""
-    out = set()
-    for b, n in enumerate(book_chunks):
-        window = book_windows(book_chunks)[b]
-        for c in range(n):
-            rec = ChunkRecord(f"book{b}", c, c * CHUNK_FRAMES / FRAME_RATE, 0, CHUNK_FRAMES, "encodec")
-            if any(s.split == "train" and s.frames >= 16 for s in split_chunk(rec, FRAME_RATE, window)):
-                out.add((b, c))
-    return out
+def all_frames(manifest: Manifest) -> set[tuple[int, int]]:
+    return {(int(b.id[4:]), f) for b in manifest.books for f in range(b.frames)}
 
 
-def test_data_vocab_follows_the_manifest(folder):
+def val_set(manifest: Manifest) -> set[tuple[int, int]]:
+    return {(b, f) for b, (start, end) in held_out(manifest).items() for f in range(start, end)}
+
+
+def test_data_vocab_is_the_codes_plus_one_boundary_token(folder):
     _, manifest = folder
-    assert data_vocab(cfg(), manifest)[1] == 4096
-    assert data_vocab(cfg(shared_vocab=True), manifest)[1] == 1024
+    layout, vocab = data_vocab(cfg(), manifest)
+    assert (vocab, layout.boundary_token) == (4097, 4096)
+    layout, vocab = data_vocab(cfg(shared_vocab=True), manifest)
+    assert (vocab, layout.boundary_token) == (1025, 1024)
 
 
-def test_train_batches_are_shifted_windows_that_never_touch_the_val_window(folder):
+def test_the_fixture_has_long_books_short_recordings_and_both_splits(folder):
+    _, manifest = folder
+    windows = held_out(manifest)
+    assert 0 < windows[0][0] < windows[0][1] < manifest.books[0].frames  # long: a mid-book window
+    assert 0 < windows[1][0] < windows[1][1] < manifest.books[1].frames
+    short = {b: windows[b] for b in range(2, len(BOOKS))}
+    assert any(w == (0, 0) for w in short.values()) and any(w[0] == 0 and w[1] > 0 for w in short.values())
+    assert all(w in ((0, 0), (0, manifest.books[b].frames)) for b, w in short.items())  # short: all or nothing
+
+
+def test_train_batches_never_touch_a_held_out_frame(folder):
     loader = build_train_loader(cfg(), folder[1], folder[0], BLOCK, batch_size=8, rank=0, world_size=1, seed=1)
     it = iter(loader)
-    seen = set()
-    for _ in range(60):  # 480 windows: several epochs of the ~200 train windows
-        x, y = next(it)
+    val, seen, crossed_chunks, packed = val_set(folder[1]), set(), False, False
+    for _ in range(60):  # 480 windows: several epochs of the ~300 train windows
+        x, y, _ = next(it)
         assert x.shape == y.shape == (8, BLOCK) and x.dtype == y.dtype == torch.int64
         assert (x[:, 1:] == y[:, :-1]).all()
         for row_x, row_y in zip(x.numpy(), y.numpy()):
-            book, chunk, frames = origin(np.concatenate([row_x, row_y[-1:]]))
-            start, end = book_windows()[book]
-            assert frames[-1] < start or frames[0] >= end, f"book{book} {frames[0]}..{frames[-1]} in val [{start}, {end})"
-            seen.add((book, chunk))
-    assert seen == train_chunks()
+            window = np.concatenate([row_x, row_y[-1:]])
+            got = frames_of([window])
+            assert not got & val, f"a training window holds validation frames {sorted(got & val)[:5]}"
+            seen |= got
+            codes = LAYOUT.split_codes(window)
+            crossed_chunks |= any(len(set(c[3].tolist())) > 1 for c in codes)
+            packed |= len({b for b, _ in runs(window)}) > 1
+    assert crossed_chunks, "no window crossed a chunk boundary"
+    assert packed, "no window packed two recordings"
+    assert seen == all_frames(folder[1]) - val  # every training frame was seen
 
 
-@pytest.mark.parametrize("book_chunks", [BOOKS, [6]], ids=["7-shards", "1-shard"])
-def test_uneven_shards_over_2_ranks_x_2_workers_partition_the_train_chunks(tmp_path, book_chunks):
-    manifest = write_tokens(tmp_path, book_chunks, chunks_per_shard=4 if len(book_chunks) > 1 else 8)
+def test_boundary_frames_are_whole_and_between_runs_only(folder):
+    shards = TokenShards.open(cfg(), folder[1], folder[0])
+    stream = np.concatenate(list(shards.token_stream(shards.urls, "train")))
+    frames = stream.reshape(-1, 4)
+    is_boundary = frames == LAYOUT.boundary_token
+    assert (is_boundary.all(axis=1) | ~is_boundary.any(axis=1)).all()  # whole frames only
+    rows = np.flatnonzero(is_boundary.all(axis=1))
+    assert len(rows) and rows[0] > 0 and rows[-1] < len(frames) - 1 and np.diff(rows).min() > 1  # never doubled
+
+
+@pytest.mark.parametrize("seconds, per_shard", [(BOOKS, 4), ([20.0, 9.0], 40)], ids=["7-shards", "1-shard"])
+def test_slots_of_2_ranks_x_2_workers_partition_the_tokens(tmp_path, seconds, per_shard):
+    manifest = write_tokens(tmp_path, seconds, per_shard)
     shards = TokenShards.open(cfg(), manifest, tmp_path)
+    val = stream_frames(shards.token_stream(shards.urls, "val"))
     for epoch in range(3):
-        shares = []
-        for rank in range(2):
+        taken = list(val)
+        for slot in range(4):
+            order, keep = slot_plan(shards.shard_samples, 5, epoch, slot, 4)
+            share = stream_frames(shards.token_stream([shards.urls[i] for i in order], "train", keep))
+            assert share, f"slot {slot} got no data in epoch {epoch}"
+            taken += share
+        assert len(taken) == len(set(taken)) and set(taken) == all_frames(manifest)  # every frame exactly once
+        for rank in range(2):  # and the windows each slot cuts stay inside its share
             ds = TrainWindows(shards, BLOCK, rank, 2, workers=2, seed=5, shuffle_buffer=8)
             for worker in range(2):
-                share = {origin(w)[:2] for w in ds.epoch(epoch, worker, slot=rank * 2 + worker, slots=4)}
-                assert share, f"rank {rank} worker {worker} got no data in epoch {epoch}"
-                shares.append(share)
-        assert sum(len(s) for s in shares) == len(set().union(*shares)), "two slots read the same chunk"
-        assert set().union(*shares) == train_chunks(book_chunks)
+                order, keep = slot_plan(shards.shard_samples, 5, epoch, rank * 2 + worker, 4)
+                share = set(stream_frames(shards.token_stream([shards.urls[i] for i in order], "train", keep)))
+                assert frames_of(w.tokens for w in ds.epoch(epoch, worker, rank * 2 + worker, 4)) <= share
     fallback = TrainWindows(shards, BLOCK, 1, 2, workers=2, seed=5, shuffle_buffer=8).epoch(0, 1, 3, 4, read_all=True)
-    assert {origin(w)[:2] for w in fallback} == train_chunks(book_chunks)  # a starved slot's fallback reads it all
+    assert len(frames_of(w.tokens for w in fallback)) > 0.9 * len(all_frames(manifest) - set(val))  # reads it all
 
 
-def test_real_loaders_on_2_ranks_with_2_workers_all_yield(folder):
-    with deadline(120):
-        for rank in range(2):
-            loader = build_train_loader(cfg(num_workers=2), folder[1], folder[0], BLOCK, 4, rank, 2, seed=3)
-            it = iter(loader)
-            batches = [next(it) for _ in range(6)]  # workers take turns: 3 batches from each
-            assert all(x.shape == (4, BLOCK) for x, _ in batches)
-            del it, loader
+def test_slot_plan_keeps_contiguous_runs_when_shards_are_fewer_than_slots():
+    samples = [5, 3, 4]
+    order = slot_plan(samples, 0, 0, 0, 1)[0]
+    flat = [(i, j) for i in order for j in range(samples[i])]  # every chunk, in the epoch's shard order
+    shares = []
+    for slot in range(5):
+        shards, keep = slot_plan(samples, 0, 0, slot, 5)
+        shares.append([(i, j) for i in shards for j in range(samples[i])][keep])
+    assert [len(s) for s in shares] == [2, 2, 3, 2, 3]
+    assert sum(shares, []) == flat  # contiguous runs, in order, each chunk once
+    assert slot_plan([1, 1], 0, 0, 3, 4)[1] == slice(None)  # fewer chunks than slots: every slot reads all
+
+
+def test_every_token_is_in_a_window_but_one_partial_window_per_slot(folder):
+    shards = TokenShards.open(cfg(), folder[1], folder[0])
+    block = 2 * 4 * 16 - 1  # 32 frames: windows of whole frames that share no token, so covered tokens = frames x 4
+    for epoch in range(3):
+        ds = TrainWindows(shards, block, 0, 1, workers=1, seed=4, shuffle_buffer=0)
+        windows = list(ds.epoch(epoch, 0, 0, 1))
+        [report] = [w.coverage for w in windows if w.coverage is not None]
+        assert windows[-1].coverage is report and report.epoch == epoch
+        train = all_frames(folder[1]) - val_set(folder[1])
+        assert report.tokens == 4 * len(train)
+        assert report.covered == 4 * len(frames_of(w.tokens for w in windows))
+        assert report.tokens - report.covered < block + 1  # at most one partial window lost
+    first_frames = {epoch: runs(next(iter(TrainWindows(shards, block, 0, 1, 1, 4, 0).epoch(epoch, 0, 0, 1))).tokens)[0]
+                    for epoch in range(4)}
+    assert len({(b, int(f[0])) for b, f in first_frames.values()}) > 1  # each epoch cuts elsewhere
+
+
+def test_block_2048_uses_99_percent_of_200_short_recordings_and_two_long_books(tmp_path):
+    rng = np.random.default_rng(0)
+    seconds = [float(s) for s in rng.uniform(1.0, 12.0, 200)] + [300.0, 420.0]
+    make_token_folder(tmp_path, seconds=seconds, chunk_seconds=30.0, samples_per_shard=64, codes="position")
+    manifest = Manifest.load(tmp_path)
+    data = DataConfig(manifest=str(tmp_path))  # the defaults: val_fraction 0.05, long books from 60 s
+    shards = TokenShards.open(data, manifest, tmp_path)
+    held = shards.val_frames
+    short = [b for b in manifest.books if b.duration_s < 60]
+    assert 0 < sum(held[b.id] == (0, b.frames) for b in short) < 30
+    assert all(0 < held[b.id][0] < held[b.id][1] < b.frames for b in manifest.books if b.duration_s >= 60)
+    for workers in (1, 4):  # gpu16gb.yaml runs 4 workers
+        coverage = window_coverage(shards, 2048, epoch=0, workers=workers, seed=1)
+        print(f"\nblock 2048, {workers} worker(s): {coverage.share:.2%} of {coverage.tokens:,} training tokens "
+              "landed in a window")
+        assert coverage.share >= 0.99
+    windows = [w.tokens for w in TrainWindows(shards, 2048, 0, 1, 1, 1, 0).epoch(0, 0, 0, 1)]
+    assert not frames_of(windows) & {(int(b.id[4:]), f) for b in manifest.books
+                                     for f in range(*held[b.id])}
+
+
+def test_a_recording_shorter_than_a_window_contributes_tokens(tmp_path):
+    manifest = write_tokens(tmp_path, [1.0] * 40)  # 75 frames each; a window of block 2048 is 512 frames
+    shards = TokenShards.open(cfg(), manifest, tmp_path)
+    train_books = {int(b[4:]) for b, w in shards.val_frames.items() if w == (0, 0)}
+    windows = [w.tokens for w in TrainWindows(shards, 2048, 0, 1, 1, 0, 0).epoch(0, 0, 0, 1)]
+    seen = {b for b, _ in frames_of(windows)}
+    assert seen <= train_books and len(seen) >= len(train_books) - 7  # all but the last partial window's
+    assert window_coverage(shards, 2048).share > 0.8  # cut per chunk, 2048-token windows got none of it
 
 
 def test_same_seed_same_order_other_seed_other_order(folder):
     def first_batches(seed):
         it = iter(build_train_loader(cfg(), folder[1], folder[0], BLOCK, 8, 0, 1, seed=seed))
-        return np.concatenate([next(it)[0].numpy() for _ in range(5)])
+        return np.concatenate([next(it).x.numpy() for _ in range(5)])
 
     a = first_batches(7)
     assert np.array_equal(a, first_batches(7))
@@ -168,10 +247,10 @@ def test_same_seed_same_order_other_seed_other_order(folder):
 def test_epoch_offset_resumes_at_that_epoch(folder):
     shards = TokenShards.open(cfg(), folder[1], folder[0])
     ds = TrainWindows(shards, BLOCK, 0, 1, workers=1, seed=2, shuffle_buffer=8)
-    epoch1 = [w.tolist() for w in ds.epoch(1, 0, 0, 1)]
+    epoch1 = [w.tokens.tolist() for w in ds.epoch(1, 0, 0, 1)]
     resumed = TrainWindows(shards, BLOCK, 0, 1, workers=1, seed=2, shuffle_buffer=8, epoch_offset=1)
-    assert [w.tolist() for w in itertools.islice(resumed, len(epoch1))] == epoch1
-    assert epoch1 != [w.tolist() for w in ds.epoch(0, 0, 0, 1)]
+    assert [w.tokens.tolist() for w in itertools.islice(resumed, len(epoch1))] == epoch1
+    assert epoch1 != [w.tokens.tolist() for w in ds.epoch(0, 0, 0, 1)]
 
 
 def test_val_loader_is_deterministic_and_holds_only_val_frames(folder):
@@ -180,11 +259,8 @@ def test_val_loader_is_deterministic_and_holds_only_val_frames(folder):
     second = list(loader)
     assert len(first) == len(second) > 0
     assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(first, second))
-    for x, y in first:
-        for row_x, row_y in zip(x.numpy(), y.numpy()):
-            book, _, frames = origin(np.concatenate([row_x, row_y[-1:]]))
-            start, end = book_windows()[book]
-            assert start <= frames[0] and frames[-1] < end
+    windows = [np.concatenate([row_x, row_y[-1:]]) for x, y in first for row_x, row_y in zip(x.numpy(), y.numpy())]
+    assert frames_of(windows) <= val_set(folder[1])
 
 
 def test_val_windows_are_shared_between_ranks(folder):
@@ -201,10 +277,21 @@ def test_val_windows_are_shared_between_ranks(folder):
 
 def test_no_window_fits_is_an_error_not_a_hang(folder):
     shards = TokenShards.open(cfg(), folder[1], folder[0])
-    with deadline(60), pytest.raises(NarratorError, match="no training window"):
-        next(iter(TrainWindows(shards, 4 * CHUNK_FRAMES, 0, 1, workers=1, seed=0, shuffle_buffer=8)))
-    with pytest.raises(NarratorError, match="no validation window"):
-        build_val_loader(cfg(), folder[1], folder[0], 4 * CHUNK_FRAMES, 4, 0, 1)
+    too_long = 4 * sum(b.frames for b in folder[1].books)
+    with deadline(60), pytest.raises(NarratorError, match="fill no window"):
+        next(iter(TrainWindows(shards, too_long, 0, 1, workers=1, seed=0, shuffle_buffer=8)))
+    with pytest.raises(NarratorError, match="fill no validation window"):
+        build_val_loader(cfg(), folder[1], folder[0], too_long, 4, 0, 1)
+
+
+def test_real_loaders_on_2_ranks_with_2_workers_all_yield(folder):
+    with deadline(120):
+        for rank in range(2):
+            loader = build_train_loader(cfg(num_workers=2), folder[1], folder[0], BLOCK, 4, rank, 2, seed=3)
+            it = iter(loader)
+            batches = [next(it) for _ in range(6)]  # workers take turns: 3 batches from each
+            assert all(b.x.shape == (4, BLOCK) for b in batches)
+            del it, loader
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -213,8 +300,18 @@ def one_line(e: pytest.ExceptionInfo) -> str:
     return message
 
 
+def test_incomplete_tokenization_is_refused(tmp_path):
+    manifest = write_tokens(tmp_path, [3.0])
+    manifest.pending = ["shards/shard-000009.tar", "shards/shard-000010.tar"]
+    for build in (build_train_loader, build_val_loader):
+        with pytest.raises(NarratorError) as e:
+            build(cfg(), manifest, tmp_path, BLOCK, 4, 0, 1, **({"seed": 0} if build is build_train_loader else {}))
+        assert one_line(e) == (f"{tmp_path / 'manifest.json'}: tokenization is incomplete (2 shards pending); "
+                               "rerun narrator tokenize")
+
+
 def test_missing_or_truncated_shard_is_named(tmp_path):
-    manifest = write_tokens(tmp_path, [3])
+    manifest = write_tokens(tmp_path, [6.0])
     shard = tmp_path / manifest.shards[0].path
     shard.write_bytes(shard.read_bytes()[:-1000])
     with pytest.raises(NarratorError, match="truncated") as e:
@@ -227,7 +324,7 @@ def test_missing_or_truncated_shard_is_named(tmp_path):
 
 
 def test_corrupt_shard_while_streaming_is_one_line_naming_it(tmp_path):
-    manifest = write_tokens(tmp_path, [3])
+    manifest = write_tokens(tmp_path, [6.0])
     shard = tmp_path / manifest.shards[0].path
     data = bytearray(shard.read_bytes())
     data[:512] = b"\x07" * 512  # same size, so only reading it finds the damage
@@ -239,7 +336,7 @@ def test_corrupt_shard_while_streaming_is_one_line_naming_it(tmp_path):
 
 
 def test_pipe_and_unknown_urls_are_refused(tmp_path):
-    manifest = write_tokens(tmp_path, [2])
+    manifest = write_tokens(tmp_path, [4.0])
     marker = tmp_path / "ran"
     manifest.shards[0].path = f"pipe:touch {marker}"
     with pytest.raises(NarratorError, match="pipe: URL") as e:

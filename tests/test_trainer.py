@@ -1,4 +1,4 @@
-"""The training loop end to end on a tiny token folder (2 books x 20 s, 4 codebooks), in this process."""
+"""The training loop end to end on a tiny token folder (2 recordings x 20 s, 4 codebooks), in this process."""
 
 import json
 import os
@@ -12,6 +12,8 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from narrator.config import load_config
+from narrator.errors import NarratorError
+from narrator.streaming.dataset import EpochCoverage, TrainBatch
 from narrator.tokenizers.manifest import Manifest
 from narrator.trainer import run
 from narrator.trainer.checkpoint import (TrainerState, latest_checkpoint, list_checkpoints, load_for_inference,
@@ -58,17 +60,45 @@ def test_trains_on_a_token_folder(token_folder, tmp_path, capsys):
                                                 "trainer_state.json", "tokenizer.json", "config.yaml"}
     assert read_state(last) == TrainerState(step=20, tokens_seen=20 * TOKENS_PER_STEP, world_size=1,
                                             config_hash=read_state(last).config_hash,
-                                            tokenizer_config_hash="test-tokens", layout="flat", shared_vocab=False)
+                                            tokenizer_config_hash="test-tokens", layout="flat", shared_vocab=False,
+                                            boundary_token=4096)
     assert "lm_head.weight" not in load_file(last / "model.safetensors")  # the tied weight is stored once
-    assert load_config(TrainConfig, out / "config.yaml").model.vocab_size == 4096
+    assert load_config(TrainConfig, out / "config.yaml").model.vocab_size == 4097  # 4 x 1024 codes + boundary
     assert json.loads((out / "tokenizer.json").read_text())["config_hash"] == "test-tokens"
 
     model, config, meta = load_for_inference(out)
     assert meta.path == last and meta.state.step == 20 and meta.tokenizer.n_codebooks == 4
     assert model.transformer.wte.weight is model.lm_head.weight and not model.training
-    assert config.vocab_size == 4096 and config.block_size == 64
+    assert config.vocab_size == 4097 and config.block_size == 64
     assert model.generate(torch.zeros(1, 4, dtype=torch.long), 8).shape == (1, 12)
     assert "done: 20 steps" in capsys.readouterr().out
+
+
+def test_each_epoch_reports_the_share_of_training_tokens_that_landed_in_a_window(token_folder, tmp_path, capsys):
+    out = tmp_path / "run"  # one 20 s recording trains (the other is held out): ~93 windows of 65 tokens an epoch
+    assert train(token_folder, out, "max_steps=60", "checkpoint_every=60", "eval_every=60", "log_every=7") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    print("\n".join(lines))
+    assert len(lines) >= 2 and all(f"epoch {i}: " in line for i, line in enumerate(lines))
+    assert lines[0].endswith("of 6,000 training tokens landed in a window (block 64)")
+    reports = [c for r in read_metrics(out / "metrics.jsonl") for c in r.get("epoch_coverage", [])]
+    assert [c["epoch"] for c in reports] == list(range(len(lines)))
+    assert all(c["tokens"] == 6000 and 6000 - 65 < c["covered"] <= 6000 for c in reports)
+    assert f"{reports[0]['share']:.2%} of 6,000" in lines[0]
+
+
+def test_an_epoch_is_reported_once_every_worker_finished_it():
+    log = run.CoverageLog(workers=2, block_size=64, rank=None)
+    x = torch.zeros(1, 64, dtype=torch.long)
+    batches = [TrainBatch(x, x, [EpochCoverage(0, 1000, 990)]), TrainBatch(x, x, []),
+               TrainBatch(x, x, [EpochCoverage(1, 1000, 1000), EpochCoverage(0, 3000, 2990)])]
+    it = log.strip(batches)
+    next(it)
+    assert log.lines() == [] and log.records() == []  # one of two workers finished epoch 0
+    next(it), next(it)
+    assert log.lines() == ["epoch 0: 99.50% of 4,000 training tokens landed in a window (block 64)"]
+    assert log.records() == [{"epoch": 0, "tokens": 4000, "covered": 3980, "share": 0.995}]
+    assert log.lines() == [] and log.records() == []
 
 
 def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(token_folder, tmp_path, capsys, monkeypatch):
@@ -108,7 +138,7 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(token_folder, tmp_path, 
 def test_resume_restores_weights_and_optimizer_state(token_folder, tmp_path):
     manifest = Manifest.load(token_folder)
     cfg = load_config(TrainConfig, TINY, [f"data.manifest={token_folder}"])
-    gpt = cfg.model.gpt_config(4096)
+    gpt = cfg.model.gpt_config(4097)
 
     def prepared(seed):
         torch.manual_seed(seed)
@@ -118,15 +148,18 @@ def test_resume_restores_weights_and_optimizer_state(token_folder, tmp_path):
 
     accelerator, model, optimizer = prepared(0)
     for _ in range(3):
-        x = torch.randint(0, 4096, (2, 64))
+        x = torch.randint(0, 4097, (2, 64))
         model(x, x)[1].backward()
         optimizer.step()
         optimizer.zero_grad()
-    state = TrainerState(3, 3 * 128, 1, "cfg", "test-tokens", "flat", False)
+    state = TrainerState(3, 3 * 128, 1, "cfg", "test-tokens", "flat", False, boundary_token=4096)
     path = save_checkpoint(accelerator, model, tmp_path / "run", state, manifest.tokenizer, cfg, keep=1)
 
     accelerator2, model2, optimizer2 = prepared(1)
-    assert resume_checkpoint(accelerator2, path, gpt, "test-tokens", token_folder) == state
+    with pytest.raises(NarratorError) as e:  # the same tokens read with another boundary id (shared_vocab)
+        resume_checkpoint(accelerator2, path, gpt, "test-tokens", token_folder, boundary_token=1024)
+    assert "boundaries with token 4096" in str(e.value) and "gives 1024" in str(e.value)
+    assert resume_checkpoint(accelerator2, path, gpt, "test-tokens", token_folder, boundary_token=4096) == state
     for a, b in zip(model.parameters(), model2.parameters()):
         torch.testing.assert_close(a, b)
     saved, restored = optimizer.state_dict()["state"], optimizer2.state_dict()["state"]
@@ -150,7 +183,7 @@ def test_vocab_mismatch_is_a_one_line_error(token_folder, tmp_path, capsys):
     assert train(token_folder, tmp_path / "run", "model.vocab_size=1024") == 1
     [line] = error_lines(capsys.readouterr().err)
     assert f"config model.vocab_size=1024 does not match tokens in {token_folder / 'manifest.json'}" in line
-    assert "(vocab 4096: 4 codebooks x 1024, per-codebook offsets)" in line
+    assert "(vocab 4097: 4 codebooks x 1024, per-codebook offsets, + boundary token 4096)" in line
 
 
 def test_resume_refuses_other_tokens_and_resume_never_refuses_old_checkpoints(token_folder, tmp_path, capsys):

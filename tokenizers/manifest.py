@@ -14,7 +14,7 @@ from typing import Any
 from narrator.config import from_dict, to_dict
 from narrator.errors import ConfigError, NarratorError
 
-FORMAT = "narrator-tokens/1"
+FORMAT = "narrator-tokens/2"  # /2: shards hold chunks of many books (ShardEntry.books)
 MANIFEST_NAME = "manifest.json"
 
 
@@ -24,6 +24,7 @@ class WeightsIdentity:
     source: str  # checkpoint path, download URL, or "random-init seed=N"
     sha256: str  # of the model's state_dict tensors, in key order
     seed: int | None = None
+    file: str | None = None  # random mode: the weights as built, saved beside the tokens (relative to their folder)
 
 
 @dataclass
@@ -42,19 +43,23 @@ class TokenizerInfo:
 
 @dataclass
 class BookEntry:
+    """One recording: a long book or a short utterance. Its chunks are consecutive in `shards`."""
+
     id: str
-    source: str
+    source: str  # absolute path of the audio
     duration_s: float
-    frames: int
+    frames: int  # at the tokenizer's frame rate, over all chunks
     chunks: int
-    shards: list[str]
+    shards: list[str]  # the shards holding its chunks, in chunk order
 
 
 @dataclass
 class ShardEntry:
+    """One tar of the shard plan: consecutive chunks of one or more books, in `books` order."""
+
     path: str  # relative to the manifest's folder
-    book: str
-    samples: int
+    books: list[str]
+    samples: int  # chunks
     tokens: int
     bytes: int
     sha256: str
@@ -72,6 +77,7 @@ class Manifest:
     books: list[BookEntry] = field(default_factory=list)
     shards: list[ShardEntry] = field(default_factory=list)
     failed: list[FailedBook] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # planned shards not written yet (an interrupted run)
     format: str = FORMAT
 
     @property
@@ -97,7 +103,8 @@ class Manifest:
         except json.JSONDecodeError as e:
             raise NarratorError(f"{path}: manifest is not valid JSON ({e})") from None
         if data.get("format") != FORMAT:
-            raise NarratorError(f"{path}: unsupported manifest format {data.get('format')!r} (expected {FORMAT!r})")
+            raise NarratorError(f"{path}: token folder format {data.get('format')!r} is not {FORMAT!r}, which this "
+                                "version reads; re-tokenize the audio into a new --out folder")
         try:
             return from_dict(cls, data)
         except ConfigError as e:

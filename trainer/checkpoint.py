@@ -5,9 +5,11 @@ A checkpoint folder holds:
                           schedule is rebuilt from the step, see schedule.build_scheduler)
   model.safetensors       the unwrapped model's weights, tied embedding stored once (for generation)
   model_config.json       GPTConfig
-  trainer_state.json      TrainerState: step, tokens seen, config and tokenizer hashes, data layout
+  trainer_state.json      TrainerState: step, tokens seen, config and tokenizer hashes, data layout, boundary token
   tokenizer.json          the token manifest's tokenizer section } so a copied checkpoint
   config.yaml             the resolved training config             } stands alone
+  encodec_random_*.safetensors  random-init codec weights, when the tokens were made with them
+                          (a hard link to the token folder's copy where the filesystem allows)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ class TrainerState:
     tokenizer_config_hash: str  # of the tokens trained on; resume refuses other tokens
     layout: str  # data.layout and data.shared_vocab: how to turn generated tokens back into codes
     shared_vocab: bool
+    boundary_token: int  # the id that separates recordings (streaming.layout.Layout.boundary_token)
 
 
 @dataclass
@@ -73,7 +77,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path, state: TrainerState,
-                    tokenizer: TokenizerInfo, train_config: Any, keep: int) -> Path:
+                    tokenizer: TokenizerInfo, train_config: Any, keep: int, files: Sequence[Path] = ()) -> Path:
     """Save the full training state plus inference files; every process must call this.
 
     The main process renames step_X.tmp to step_X once all processes wrote their part, then keeps
@@ -94,6 +98,8 @@ def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path,
         _write_json(tmp / STATE_NAME, asdict(state))
         _write_json(tmp / "tokenizer.json", to_dict(tokenizer))
         save_config(train_config, tmp / "config.yaml")
+        for file in files:
+            _link_or_copy(Path(file), tmp / Path(file).name)
         if final.exists():  # the same step saved again (a resumed run stopped at once)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -108,7 +114,7 @@ def read_state(path: Path) -> TrainerState:
 
 
 def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTConfig, tokenizer_config_hash: str,
-                      manifest_path: Path) -> TrainerState:
+                      manifest_path: Path, boundary_token: int) -> TrainerState:
     """Restore model, optimizer, scheduler and RNG states from `path`, after checking it fits this run."""
     path = Path(path)
     state = read_state(path)
@@ -116,6 +122,9 @@ def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTCon
         raise NarratorError(f"{path}: checkpoint was trained on tokens with tokenizer config_hash "
                             f"{state.tokenizer_config_hash}, but {manifest_path} has {tokenizer_config_hash}; "
                             "train into a new out folder")
+    if state.boundary_token != boundary_token:
+        raise NarratorError(f"{path}: checkpoint marks recording boundaries with token {state.boundary_token}, but "
+                            f"{manifest_path} read with this data config gives {boundary_token}; train into a new out folder")
     saved = _read(path / "model_config.json", GPTConfig)
     wanted = {**asdict(model_config), "dropout": saved.dropout}  # dropout may change between runs
     if asdict(saved) != wanted:
@@ -147,6 +156,13 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     except RuntimeError as e:
         raise NarratorError(f"{weights_file}: weights do not fit model_config.json ({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), config, meta
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(source, target)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -2,11 +2,13 @@
 
 The prompt is encoded with the very tokenizer the model was trained on (rebuilt from the
 checkpoint's tokenizer.json and checked against its weights checksum), laid out as the trainer saw it,
-continued by the GPT, and decoded back to audio with EnCodec.
+continued by the GPT, and decoded back to audio with EnCodec. Where the model samples a boundary
+frame (it saw one between recordings in training), the audio gets a short silence instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,10 +16,11 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 import torch
+import yaml
 
 from narrator.config import save_config
 from narrator.errors import NarratorError
-from narrator.streaming.layout import make_layout
+from narrator.streaming.layout import Layout, make_layout
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.encodec import load_tokenizer
 from narrator.trainer.checkpoint import load_for_inference
@@ -37,6 +40,33 @@ class GenerateConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+BOUNDARY_SILENCE_S = 0.25  # audio for one sampled boundary frame
+
+
+def tokens_to_audio(tokens: np.ndarray, layout: Layout, decode: Callable[[np.ndarray], np.ndarray],
+                    sample_rate: int) -> tuple[np.ndarray, int]:
+    """Tokens -> (mono float audio, boundaries sampled): each run of codes decoded, a short silence per boundary."""
+    runs = layout.split_codes(tokens)
+    silence = np.zeros(round(BOUNDARY_SILENCE_S * sample_rate), np.float32)
+    parts = []
+    for i, codes in enumerate(runs):
+        if i:
+            parts.append(silence)
+        if codes.shape[1]:
+            parts.append(np.asarray(decode(codes), np.float32).reshape(-1))
+    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), len(runs) - 1
+
+
+def token_folder(checkpoint: Path) -> list[Path]:
+    """The token folder the checkpoint was trained on, if its config still names one that exists."""
+    try:
+        manifest = Path(yaml.safe_load((checkpoint / "config.yaml").read_text())["data"]["manifest"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return []
+    folder = manifest if manifest.is_dir() else manifest.parent
+    return [folder] if folder.is_dir() else []
+
+
 def generate(cfg: GenerateConfig) -> Path:
     if not cfg.checkpoint or not cfg.prompt:
         raise NarratorError("generate needs --checkpoint and --prompt")
@@ -49,7 +79,10 @@ def generate(cfg: GenerateConfig) -> Path:
     if layout.vocab_size != model_cfg.vocab_size:
         raise NarratorError(f"{checkpoint}: model vocab {model_cfg.vocab_size} does not match its tokenizer's "
                             f"layout (vocab {layout.vocab_size})")
-    tokenizer = load_tokenizer(info, device=str(device))
+    if layout.boundary_token != meta.state.boundary_token:
+        raise NarratorError(f"{checkpoint}: trained with boundary token {meta.state.boundary_token}, but its layout "
+                            f"gives {layout.boundary_token}")
+    tokenizer = load_tokenizer(info, device=str(device), weights_dirs=[meta.path, *token_folder(meta.path)])
 
     audio_info = probe(cfg.prompt)
     prompt_seconds = min(cfg.prompt_seconds, audio_info.duration_s)
@@ -63,7 +96,10 @@ def generate(cfg: GenerateConfig) -> Path:
                             generator=generator)[0].cpu().numpy()
     if not cfg.include_prompt:
         tokens = tokens[prompt_tokens.shape[1]:]
-    audio = tokenizer.decode(layout.to_codes(tokens))
+    audio, boundaries = tokens_to_audio(tokens, layout, tokenizer.decode, info.sample_rate)
+    if boundaries:
+        print(f"the model sampled {boundaries} recording boundar{'y' if boundaries == 1 else 'ies'}: "
+              f"{BOUNDARY_SILENCE_S:g} s of silence each")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp" + out.suffix)

@@ -22,6 +22,7 @@ class StepMetrics:
     tokens_per_s: float  # all processes together, training time only
     val_loss: float | None = None  # when evaluated at this step
     val_loss_per_codebook: list[float] | None = None  # codebook 0 (coarsest) first
+    epoch_coverage: list[dict] | None = None  # epochs finished since the last record: {epoch, tokens, covered, share}
 
 
 def tracker_backend() -> str | None:
@@ -44,8 +45,10 @@ class MetricsLog:
         if self.accelerator.is_main_process:
             with open(self.path, "a") as f:
                 f.write(json.dumps(values) + "\n")
-        scalars = {k: v for k, v in values.items() if k not in ("step", "val_loss_per_codebook")}
+        scalars = {k: v for k, v in values.items() if k not in ("step", "val_loss_per_codebook", "epoch_coverage")}
         scalars.update({f"val_loss_codebook_{k}": v for k, v in enumerate(record.val_loss_per_codebook or [])})
+        if record.epoch_coverage:
+            scalars["window_coverage"] = record.epoch_coverage[-1]["share"]
         self.accelerator.log(scalars, step=record.step)
 
     def plot(self) -> None:

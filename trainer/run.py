@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from narrator.config import config_hash, load_config, save_config, to_dict
 from narrator.errors import ConfigError, NarratorError
-from narrator.streaming.dataset import build_train_loader, build_val_loader, data_vocab
+from narrator.streaming.dataset import EpochCoverage, TrainBatch, build_train_loader, build_val_loader, data_vocab
 from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
 from narrator.trainer.checkpoint import (TrainerState, latest_checkpoint, list_checkpoints, read_state,
                                          resume_checkpoint, save_checkpoint)
@@ -90,6 +90,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     manifest_dir = manifest_path if manifest_path.is_dir() else manifest_path.parent
     tokenizer = manifest.tokenizer
     cfg.model.vocab_size = check_vocab(cfg, manifest, manifest_dir / MANIFEST_NAME)
+    # Random-init codec weights live with the tokens; every checkpoint carries them so generate finds them.
+    codec_files = [manifest_dir / tokenizer.weights.file] if tokenizer.weights.file else []
     model_config = cfg.model.gpt_config(cfg.model.vocab_size)
     start = resume_point(cfg, out)
 
@@ -98,11 +100,13 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     optimizer = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas), fused=accelerator.device.type == "cuda")
     model, optimizer = accelerator.prepare(model, optimizer)
+    layout, _ = data_vocab(cfg.data, manifest)
     state = TrainerState(step=0, tokens_seen=0, world_size=world, config_hash=config_hash(cfg),
                          tokenizer_config_hash=tokenizer.config_hash, layout=cfg.data.layout,
-                         shared_vocab=cfg.data.shared_vocab)
+                         shared_vocab=cfg.data.shared_vocab, boundary_token=layout.boundary_token)
     if start is not None:
-        resumed = resume_checkpoint(accelerator, start, model_config, tokenizer.config_hash, manifest_dir / MANIFEST_NAME)
+        resumed = resume_checkpoint(accelerator, start, model_config, tokenizer.config_hash, manifest_dir / MANIFEST_NAME,
+                                    layout.boundary_token)
         state = dataclasses.replace(state, step=resumed.step, tokens_seen=resumed.tokens_seen)
         accelerator.print(f"resumed from {start} at step {state.step}")
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.max_steps, start_step=state.step)
@@ -131,9 +135,10 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     last_checkpoint = start
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main_process, unit="step", dynamic_ncols=True)
     window = Window()
+    coverage = CoverageLog(max(1, cfg.data.num_workers), block, rank if world > 1 else None)
     val_loss = None
     with StopSignal() as stop:
-        batches = iter(train_loader)
+        batches = coverage.strip(train_loader)
         while state.step < cfg.max_steps:
             lr = optimizer.param_groups[0]["lr"]
             t0 = time.perf_counter()
@@ -148,13 +153,17 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
             val_loss, val_codebooks = (evaluate(accelerator, model, val_batches, manifest.tokenizer.n_codebooks)
                                        if final or state.step % cfg.eval_every == 0 else (None, None))
             progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.rate:,.0f}", refresh=False)
+            for line in coverage.lines():
+                if main_process:
+                    progress.write(line)
             if final or val_loss is not None or state.step % cfg.log_every == 0:
-                metrics.log(window.record(state.step, lr, val_loss, val_codebooks))
+                metrics.log(window.record(state.step, lr, val_loss, val_codebooks, coverage.records()))
             if state.step % cfg.plot_every == 0:
                 metrics.plot()
             stopping = stop.agreed(accelerator)
             if final or stopping or state.step % cfg.checkpoint_every == 0:
-                last_checkpoint = save_checkpoint(accelerator, model, out, state, tokenizer, cfg, cfg.keep_checkpoints)
+                last_checkpoint = save_checkpoint(accelerator, model, out, state, tokenizer, cfg, cfg.keep_checkpoints,
+                                                  files=codec_files)
             progress.update(1)
             if stopping:
                 progress.close()
@@ -202,12 +211,13 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
 
 
 def check_vocab(cfg: TrainConfig, manifest: Manifest, manifest_file: Path) -> int:
-    """The model's vocabulary size: the data's, refusing a configured size that differs."""
+    """The model's vocabulary size: the data's (codes + the boundary token), refusing a configured size that differs."""
     layout, vocab = data_vocab(cfg.data, manifest)
     if cfg.model.vocab_size is not None and cfg.model.vocab_size != vocab:
         ids = "shared ids" if cfg.data.shared_vocab else "per-codebook offsets"
         raise ConfigError(f"config model.vocab_size={cfg.model.vocab_size} does not match tokens in {manifest_file} "
-                          f"(vocab {vocab}: {layout.n_codebooks} codebooks x {layout.codebook_size}, {ids})")
+                          f"(vocab {vocab}: {layout.n_codebooks} codebooks x {layout.codebook_size}, {ids}, "
+                          f"+ boundary token {layout.boundary_token})")
     return vocab
 
 
@@ -292,12 +302,54 @@ class Window:
         self.rate = self.tokens / max(self.seconds, 1e-9)
         self.last_loss = loss
 
-    def record(self, step: int, lr: float, val_loss: float | None, val_codebooks: list[float] | None) -> StepMetrics:
+    def record(self, step: int, lr: float, val_loss: float | None, val_codebooks: list[float] | None,
+               epoch_coverage: list[dict] | None = None) -> StepMetrics:
         record = StepMetrics(step=step, train_loss=sum(self.losses) / len(self.losses), lr=lr,
                              tokens_per_s=round(self.rate, 1), val_loss=val_loss,
-                             val_loss_per_codebook=val_codebooks)
+                             val_loss_per_codebook=val_codebooks, epoch_coverage=epoch_coverage or None)
         self.losses, self.tokens, self.seconds = [], 0, 0.0
         return record
+
+
+class CoverageLog:
+    """Per epoch, the share of this process's training tokens that landed in a window.
+
+    Each DataLoader worker reports its epochs on its own (with the batch holding its last window of
+    the epoch); an epoch is summed and reported once all `workers` reported it.
+    """
+
+    def __init__(self, workers: int, block_size: int, rank: int | None):
+        self.workers, self.block_size, self.rank = workers, block_size, rank
+        self._parts: dict[int, list[EpochCoverage]] = {}
+        self._done: list[EpochCoverage] = []  # finished, not yet printed
+        self._unlogged: list[EpochCoverage] = []  # finished, not yet in metrics.jsonl
+
+    def strip(self, batches: Iterable[TrainBatch]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) of each batch, keeping the coverage reports it carries."""
+        for batch in batches:
+            for part in batch.coverage:
+                parts = self._parts.setdefault(part.epoch, [])
+                parts.append(part)
+                if len(parts) == self.workers:
+                    done = sum(self._parts.pop(part.epoch)[1:], parts[0])
+                    self._done.append(done)
+                    self._unlogged.append(done)
+            yield batch.x, batch.y
+
+    def lines(self) -> list[str]:
+        """One line per epoch finished since the last call."""
+        where = "" if self.rank is None else f" on rank {self.rank}"
+        lines = [f"epoch {c.epoch}: {c.share:.2%} of {c.tokens:,} training tokens{where} landed in a window "
+                 f"(block {self.block_size})" for c in self._done]
+        self._done = []
+        return lines
+
+    def records(self) -> list[dict]:
+        """The epochs finished since the last call, for metrics.jsonl."""
+        records = [{"epoch": c.epoch, "tokens": c.tokens, "covered": c.covered, "share": round(c.share, 6)}
+                   for c in self._unlogged]
+        self._unlogged = []
+        return records
 
 
 class StopSignal:
