@@ -31,9 +31,13 @@ def test_context_windows_are_clipped_at_the_book_edges_and_trimmed_exactly():
         assert round((s.ctx_end_s - s.ctx_start_s) * 75) == s.trim_left + s.frames + s.trim_right
 
 
-def test_a_book_shorter_than_one_chunk_is_refused():
-    with pytest.raises(NarratorError, match=r"^short_book: too short: 3\.2 s, one chunk is 30 s$"):
-        plan_chunks("short_book", 3.2, ChunkingConfig())
+def test_a_recording_shorter_than_one_chunk_is_one_shorter_chunk():
+    (spec,) = plan_chunks("utterance", 5.0, ChunkingConfig())
+    assert (spec.start_s, spec.end_s, spec.frames, spec.ctx_start_s, spec.ctx_end_s, spec.trim_left, spec.trim_right) == (
+        0.0, 5.0, 375, 0.0, 5.0, 0, 0)
+    assert plan_chunks("clip", 20.03, ChunkingConfig())[0].frames == 1500  # the tail below one 0.04 s step is dropped
+    with pytest.raises(NarratorError, match=r"^blip: too short: 0\.030 s is less than one 0\.04 s grid step$"):
+        plan_chunks("blip", 0.03, ChunkingConfig())
 
 
 def test_chunk_lengths_off_the_grid_are_config_errors():

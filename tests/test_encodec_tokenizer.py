@@ -1,6 +1,7 @@
 """EnCodec as a tokenizer: reproducible random weights with usable codebooks, local checkpoints,
 weight identity checks, and chunked encoding that agrees with whole-file encoding."""
 
+import dataclasses
 import shutil
 import urllib.error
 
@@ -13,8 +14,8 @@ from narrator.errors import NarratorError
 from narrator.tokenizers.audio import n_samples
 from narrator.tokenizers.chunking import plan_chunks
 from narrator.tokenizers.config import ChunkingConfig, EncodecConfig, TokenizeConfig, WeightsConfig
-from narrator.tokenizers.encodec import (EncodecTokenizer, load_tokenizer, state_dict_sha256, synthetic_speech,
-                                         token_config_hash, tokenizer_info)
+from narrator.tokenizers.encodec import (EncodecTokenizer, load_tokenizer, random_weights_name, state_dict_sha256,
+                                         synthetic_speech, token_config_hash, tokenizer_info)
 
 
 def random_cfg(seed: int = 0, bandwidth: float = 3.0) -> EncodecConfig:
@@ -46,18 +47,37 @@ def test_random_mode_codebooks_use_hundreds_of_codes(tokenizer, speech, caplog):
     assert min(distinct) >= 200
 
 
-def test_same_seed_gives_the_same_weights_whatever_the_thread_count(tokenizer, caplog):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1 if before > 1 else 2)
-    try:
-        with caplog.at_level("WARNING"):
-            again = EncodecTokenizer(random_cfg(seed=0, bandwidth=1.5))  # the bandwidth picks codebooks, not weights
-    finally:
-        torch.set_num_threads(before)
-    assert "EnCodec weights: RANDOM init (seed=0) - tokens are meaningless for a real model" in caplog.text
-    identity = again.weights_identity()
-    assert identity == tokenizer.weights_identity()
-    assert (identity.mode, identity.source, identity.seed) == ("random", "random-init seed=0", 0)
+def test_random_weights_saved_and_loaded_are_the_same_weights(tokenizer, tmp_path, caplog):
+    tokenizer = EncodecTokenizer(random_cfg(seed=3))
+    tokenizer.save_weights(tmp_path / "w.safetensors")
+    identity = tokenizer.weights_identity()
+    assert (identity.mode, identity.source, identity.seed, identity.file) == ("random", "random-init seed=3", 3, "w.safetensors")
+    with caplog.at_level("WARNING"):
+        loaded = EncodecTokenizer.from_weights_file(random_cfg(seed=3, bandwidth=1.5), tmp_path / "w.safetensors")
+    assert "RANDOM init (seed=3, built earlier, loaded from" in caplog.text
+    assert loaded.weights_identity() == identity and loaded.n_codebooks == 2
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), tokenizer.model.state_dict().values()))
+    other = dataclasses.replace(identity, sha256="0" * 64)
+    with pytest.raises(NarratorError, match="w.safetensors: EnCodec weights sha256 .* differ from the 000000000000"):
+        EncodecTokenizer.from_weights_file(random_cfg(seed=3), tmp_path / "w.safetensors", other)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(NarratorError, match="junk.safetensors: unreadable EnCodec weights file"):
+        EncodecTokenizer.from_weights_file(random_cfg(seed=3), tmp_path / "junk.safetensors", identity)
+
+
+def test_random_weights_are_loaded_from_their_folder_never_rebuilt(tmp_path, monkeypatch):
+    tokenizer = EncodecTokenizer(random_cfg(seed=3))
+    tokenizer.save_weights(tmp_path / random_weights_name(3))
+    tcfg = TokenizeConfig(encodec=random_cfg(seed=3))
+    info = tokenizer_info(tcfg, tokenizer=tokenizer)
+
+    def rebuild(seed):
+        raise AssertionError("random weights were rebuilt")
+
+    monkeypatch.setattr("narrator.tokenizers.encodec._random_model", rebuild)
+    assert load_tokenizer(info, weights_dirs=[tmp_path / "nowhere", tmp_path]).weights_identity() == info.weights
+    with pytest.raises(NarratorError, match=r"^encodec_random_seed3.safetensors: the random-init EnCodec weights .* are in none of"):
+        load_tokenizer(info, weights_dirs=[tmp_path / "nowhere"])
 
 
 def test_sha256_covers_every_tensor(tokenizer):

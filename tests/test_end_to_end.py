@@ -12,6 +12,7 @@ import soundfile as sf
 
 from narrator.cli import main as narrator
 from narrator.tokenizers.manifest import Manifest
+from narrator.trainer.generate import BOUNDARY_SILENCE_S
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,17 +25,18 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> Non
         time.sleep(0.05)
 
 
-def test_book_to_tokens_to_model_to_wav(tmp_path, ray_local):
+def test_book_to_tokens_to_model_to_wav(tmp_path, ray_local, capsys):
     book, tokens, train, sample = tmp_path / "book.wav", tmp_path / "tokens", tmp_path / "train", tmp_path / "sample.wav"
     assert narrator(["sample-book", str(book), "--minutes", "0.4"]) == 0
 
     assert narrator(["tokenize", "--config", str(REPO / "configs/tokenize/encodec_3kbps.yaml"), "--out", str(tokens),
                      str(book), "--set", "encodec.weights.mode=random", "--set", "chunking.chunk_seconds=4",
-                     "--set", "ray.concurrency=2", "--set", "shards.chunks_per_shard=2"]) == 0
+                     "--set", "ray.concurrency=2", "--set", "shards.target_mb=0.01"]) == 0  # 2 chunks of 4 s a shard
     manifest = Manifest.load(tokens)
     assert [b.chunks for b in manifest.books] == [6]
     assert len(manifest.shards) == 3 and manifest.total_tokens == 24 * 75 * 4
-    assert manifest.tokenizer.weights.mode == "random"
+    weights = manifest.tokenizer.weights
+    assert (weights.mode, weights.file) == ("random", "encodec_random_seed0.safetensors")
 
     # Train in a separate process, kill it hard after its first checkpoint, then resume.
     command = [sys.executable, str(REPO / "trainer/run.py"), "--config", str(REPO / "configs/train/tiny.yaml"),
@@ -60,8 +62,15 @@ def test_book_to_tokens_to_model_to_wav(tmp_path, ray_local):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert (train / "train_loss.png").stat().st_size > 0 and (train / "val_loss.png").stat().st_size > 0
 
+    # The codec's random weights travel with each checkpoint: generate needs neither the token folder nor a rebuild.
+    checkpoint = train / "checkpoints" / "step_0000040"
+    assert (checkpoint / weights.file).is_file()
+    (tokens / weights.file).rename(tmp_path / weights.file)
     assert narrator(["generate", "--checkpoint", str(train), "--prompt", str(book), "--prompt-seconds", "1",
                      "--seconds", "1", "--out", str(sample)]) == 0
+    printed = capsys.readouterr().out
+    boundaries = int(printed.split("the model sampled ")[1].split()[0]) if "the model sampled" in printed else 0
     audio, rate = sf.read(sample)
-    assert rate == 24000 and abs(len(audio) / rate - 2.0) < 0.05
+    expected = 2.0 + boundaries * (BOUNDARY_SILENCE_S - 1 / 75)  # a sampled boundary frame becomes a pause
+    assert rate == 24000 and abs(len(audio) / rate - expected) < 0.05
     assert (tmp_path / "sample.yaml").is_file()

@@ -1,5 +1,6 @@
 """`narrator tokenize` end to end on a local 2-CPU Ray: shards, manifest, failures, resume, refusal, inspect."""
 
+import contextlib
 import io
 import json
 import shutil
@@ -24,7 +25,9 @@ from narrator.tokenizers.shards import decode_npy, file_sha256
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
-SMALL = ["chunking.chunk_seconds=2.0", "shards.chunks_per_shard=2", "ray.concurrency=2", "ray.batch_size=2"]
+# Chunks of 2 s; shards of ~8 KB: a 2 s chunk is costed 1536 + 2 * 600 = 2736 bytes, so a shard takes
+# about three chunks and books share shards.
+SMALL = ["chunking.chunk_seconds=2.0", "shards.target_mb=0.008", "ray.concurrency=2", "ray.batch_size=2"]
 
 
 def config(*overrides: str) -> TokenizeConfig:
@@ -42,19 +45,23 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, ray_local, speech_wav, checkpoint):
     d = tmp_path_factory.mktemp("books")
-    books = [speech_wav(d / "a.wav", 7.0, seed=1), speech_wav(d / "b.flac", 5.0, seed=2, sample_rate=44_100, channels=2)]
+    books = [speech_wav(d / "a.wav", 7.0, seed=1), speech_wav(d / "b.flac", 5.0, seed=2, sample_rate=44_100, channels=2),
+             speech_wav(d / "short.wav", 1.0, seed=3)]  # shorter than a chunk: one chunk of 1 s
     (d / "corrupt.mp3").write_bytes(b"ID3 but then nothing that decodes\n" * 100)
     sf.write(d / "silent.wav", np.zeros(5 * 24_000, dtype=np.float32), 24_000)
-    speech_wav(d / "short.wav", 1.0)
-    inputs = [str(p) for p in [*books, d / "corrupt.mp3", d / "silent.wav", d / "short.wav", d / "missing.wav"]]
+    speech_wav(d / "tiny.wav", 0.3)
+    (d / "empty.wav").write_bytes(b"")
+    inputs = [str(p) for p in [*books, d / "corrupt.mp3", d / "silent.wav", d / "tiny.wav", d / "missing.wav", d / "empty.wav"]]
     cfg = config(f"encodec.weights.checkpoint={checkpoint}")
     out = tmp_path_factory.mktemp("tokens")
-    report = tokenize(cfg, out, inputs)
-    return cfg, out, inputs, report
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = tokenize(cfg, out, inputs)
+    return cfg, out, inputs, report, printed.getvalue()
 
 
 def shard_mtimes(out: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
+    return {p.name: p.stat().st_mtime_ns for p in (out / "shards" / "encodec").glob("*.tar")}
 
 
 def read_shard(path: Path) -> dict[str, dict]:
@@ -67,72 +74,102 @@ def read_shard(path: Path) -> dict[str, dict]:
     return samples
 
 
-def test_manifest_lists_books_shards_failures_and_the_checkpoint_sha(first_run, checkpoint):
-    cfg, out, inputs, report = first_run
-    assert sorted(report.done) == ["a", "b"] and report.skipped == [] and report.chunks_encoded == 7
+def test_books_share_shards_in_input_order(first_run, checkpoint):
+    cfg, out, inputs, report, _ = first_run
+    assert report.added == ["a", "b", "short"] and report.chunks_encoded == 8 and report.shards_written == 3
     m = Manifest.load(out)
+    shard = [f"shards/encodec/{i:06d}.tar" for i in range(3)]
     assert [(b.id, b.chunks, b.frames, b.shards) for b in m.books] == [
-        ("a", 4, 525, ["shards/a-00000.tar", "shards/a-00001.tar"]),
-        ("b", 3, 375, ["shards/b-00000.tar", "shards/b-00001.tar"])]
-    assert [(s.path, s.samples, s.tokens) for s in m.shards] == [
-        ("shards/a-00000.tar", 2, 1200), ("shards/a-00001.tar", 2, 900), ("shards/b-00000.tar", 2, 1200), ("shards/b-00001.tar", 1, 300)]
+        ("a", 4, 525, shard[:2]), ("b", 3, 375, shard[1:]), ("short", 1, 75, shard[2:])]
+    # a0 a1 | a2 a3 b0 | b1 b2 short0: each shard as full as ~8 KB allows
+    assert [(s.path, s.books, s.samples, s.tokens) for s in m.shards] == [
+        (shard[0], ["a"], 2, 1200), (shard[1], ["a", "b"], 3, 1500), (shard[2], ["b", "short"], 3, 1200)]
     assert all(s.sha256 == file_sha256(out / s.path) and s.bytes == (out / s.path).stat().st_size for s in m.shards)
-    assert m.total_tokens == (525 + 375) * 4 == report.tokens
-    failed = {Path(f.source).name: f.error for f in m.failed}
-    assert failed == {"corrupt.mp3": "unsupported or corrupt audio (wav, flac, ogg and mp3 are read)",
-                      "silent.wav": "silent (peak -inf dBFS is below silence_dbfs -60)",
-                      "short.wav": "too short: 1.0 s, one chunk is 2 s", "missing.wav": "file not found"}
-    assert [Path(f.source).name for f in report.failed] == list(failed)
+    assert m.total_tokens == (525 + 375 + 75) * 4 == report.tokens and m.pending == []
     weights = m.tokenizer.weights
-    assert (weights.mode, weights.source) == ("pretrained", str(checkpoint))
+    assert (weights.mode, weights.source, weights.file) == ("pretrained", str(checkpoint), None)
     assert weights.sha256 == state_dict_sha256(torch.load(checkpoint, weights_only=True))
     assert json.loads((out / "tokenizer.json").read_text())["weights"]["sha256"] == weights.sha256
     assert load_config(TokenizeConfig, out / "tokenize_config.yaml") == cfg
 
 
+def test_bad_books_are_one_line_each_naming_the_path_given(first_run):
+    _, out, inputs, report, printed = first_run
+    reasons = {"corrupt.mp3": "unsupported or corrupt audio (wav, flac, ogg and mp3 are read)",
+               "silent.wav": "silent (peak -inf dBFS is below silence_dbfs -60)",
+               "tiny.wav": "too short: 0.30 s (min_seconds 0.5)", "missing.wav": "file not found",
+               "empty.wav": "empty file (0 bytes)"}
+    assert {Path(f.source).name: f.error for f in Manifest.load(out).failed} == reasons
+    skipped = [line for line in printed.splitlines() if line.startswith("skipped ")]
+    assert skipped == [f"skipped {path}: {reasons[Path(path).name]}" for path in inputs[3:]]
+
+
 def test_shards_hold_each_chunks_tokens(first_run):
-    cfg, out, inputs, _ = first_run
+    cfg, out, inputs, _, _ = first_run
     tokenizer = EncodecTokenizer(cfg.encodec)
-    specs = plan_chunks("b", 5.0, cfg.chunking)
-    samples = read_shard(out / "shards/b-00000.tar") | read_shard(out / "shards/b-00001.tar")
-    assert list(samples) == ["b/000000", "b/000001", "b/000002"]
+    samples = {k: v for i in range(3) for k, v in read_shard(out / f"shards/encodec/{i:06d}.tar").items()}
+    assert list(samples) == [f"a/{c:06d}" for c in range(4)] + [f"b/{c:06d}" for c in range(3)] + ["short/000000"]
     same = []
-    for spec, sample in zip(specs, samples.values()):
-        codes = sample["encodec.npy"]
-        assert sample["json"] == {"book": "b", "chunk": spec.chunk, "start_s": spec.start_s, "end_s": spec.end_s,
-                                  "frames": spec.frames, "stream": "encodec"}
-        assert codes.dtype == np.int16 and codes.shape == (4, spec.frames)
-        direct = tokenizer.encode_chunk(read_segment(inputs[1], spec.ctx_start_s, spec.ctx_end_s), spec)
-        same.append(codes == direct)
+    for source, book, duration in [(inputs[1], "b", 5.0), (inputs[2], "short", 1.0)]:
+        for spec in plan_chunks(book, duration, cfg.chunking):
+            sample = samples[f"{book}/{spec.chunk:06d}"]
+            codes = sample["encodec.npy"]
+            assert sample["json"] == {"book": book, "chunk": spec.chunk, "start_s": spec.start_s, "end_s": spec.end_s,
+                                      "frames": spec.frames, "stream": "encodec"}
+            assert codes.dtype == np.int16 and codes.shape == (4, spec.frames)
+            direct = tokenizer.encode_chunk(read_segment(source, spec.ctx_start_s, spec.ctx_end_s), spec)
+            same.append((codes == direct).mean())
     # Actors run one thread and batch windows, so float noise may flip a near-tie (measured 98.6%).
-    assert np.mean([x.mean() for x in same]) > 0.97
+    assert np.mean(same) > 0.97
 
 
-def test_a_rerun_skips_every_complete_book(first_run):
-    cfg, out, inputs, _ = first_run
-    before = shard_mtimes(out)
+def test_a_rerun_does_nothing(first_run):
+    cfg, out, inputs, _, _ = first_run
+    before, plan = shard_mtimes(out), (out / "plan.json").read_bytes()
     report = tokenize(cfg, out, inputs)
-    assert report.skipped == ["a", "b"] and report.done == [] and report.chunks_encoded == 0 and len(report.failed) == 4
-    assert shard_mtimes(out) == before
+    assert report.added == [] and report.chunks_encoded == 0 and report.shards_written == 0 and len(report.failed) == 5
+    assert shard_mtimes(out) == before and (out / "plan.json").read_bytes() == plan
 
 
 def test_a_killed_run_resumes_with_the_missing_shard_only(first_run):
-    cfg, out, inputs, _ = first_run
-    # What a kill leaves: the book's last shard half-written under .tmp, and no books/a.json yet.
-    (out / "shards/a-00001.tar").rename(out / "shards/a-00001.tar.tmp")
-    (out / "books/a.json").unlink()
+    cfg, out, inputs, _, _ = first_run
+    # What a kill leaves: a shard half-written under .tmp, never renamed nor logged.
+    (out / "shards/encodec/000001.tar").rename(out / "shards/encodec/000001.tar.tmp")
     before = shard_mtimes(out)
     report = tokenize(cfg, out, inputs)
-    assert report.done == ["a"] and report.skipped == ["b"] and report.chunks_encoded == 2
+    assert report.added == [] and report.chunks_encoded == 3 and report.shards_written == 1
     after = shard_mtimes(out)
-    assert {k: v for k, v in after.items() if k != "a-00001.tar"} == before
-    assert (out / "books/a.json").is_file() and not (out / "shards/a-00001.tar.tmp").exists()
+    assert {k: v for k, v in after.items() if k != "000001.tar"} == before
+    assert not (out / "shards/encodec/000001.tar.tmp").exists()
     m = Manifest.load(out)
-    assert len(m.shards) == 4 and all(s.sha256 == file_sha256(out / s.path) for s in m.shards)
+    assert len(m.shards) == 3 and all(s.sha256 == file_sha256(out / s.path) for s in m.shards)
+
+
+def test_a_shard_whose_record_was_not_logged_is_hashed_on_the_next_run(first_run, tmp_path):
+    cfg, out, inputs, _, _ = first_run
+    copy = shutil.copytree(out, tmp_path / "tokens")
+    (copy / "shards/encodec/written.jsonl").write_text("{torn line\n")  # killed between rename and log
+    tokenize(cfg, copy, inputs)
+    assert to_dict(Manifest.load(copy)) == to_dict(Manifest.load(out))
+
+
+def test_new_books_are_appended_in_new_shards(first_run, tmp_path, speech_wav):
+    cfg, out, inputs, _, _ = first_run
+    copy = shutil.copytree(out, tmp_path / "tokens")
+    before = shard_mtimes(copy)
+    more = [str(speech_wav(tmp_path / "c.wav", 3.0, seed=5)), str(speech_wav(tmp_path / "d.wav", 0.5, seed=6))]
+    report = tokenize(cfg, copy, inputs[:3] + more)
+    assert report.added == ["c", "d"] and report.shards_written == 1 and report.chunks_encoded == 3
+    assert {k: v for k, v in shard_mtimes(copy).items() if k in before} == before
+    m = Manifest.load(copy)
+    assert [b.id for b in m.books] == ["a", "b", "short", "c", "d"]
+    assert (m.shards[-1].path, m.shards[-1].books) == ("shards/encodec/000003.tar", ["c", "d"])
+    report = tokenize(cfg, copy, more)  # the earlier books need not be named again
+    assert report.added == [] and report.shards_written == 0 and len(Manifest.load(copy).books) == 5
 
 
 def test_other_settings_or_weights_are_refused(first_run, tmp_path):
-    cfg, out, inputs, _ = first_run
+    cfg, out, inputs, _, _ = first_run
     with pytest.raises(NarratorError, match=f"^{out}: holds tokens made with another tokenize config"):
         tokenize(config("chunking.chunk_seconds=4.0", f"encodec.weights.checkpoint={cfg.encodec.weights.checkpoint}"), out, inputs)
     state = torch.load(cfg.encodec.weights.checkpoint, weights_only=True)
@@ -140,8 +177,6 @@ def test_other_settings_or_weights_are_refused(first_run, tmp_path):
     torch.save(state, tmp_path / "other.pt")
     with pytest.raises(NarratorError, match=f"^{out}: holds tokens made with other EnCodec weights"):
         tokenize(config(f"encodec.weights.checkpoint={tmp_path / 'other.pt'}"), out, inputs)
-    with pytest.raises(NarratorError, match="shards hold 2 chunks each"):
-        tokenize(config("shards.chunks_per_shard=8", f"encodec.weights.checkpoint={cfg.encodec.weights.checkpoint}"), out, inputs)
     elsewhere = tmp_path / "a.wav"
     shutil.copy(inputs[0], elsewhere)  # another book with the same id
     report = tokenize(cfg, shutil.copytree(out, tmp_path / "tokens"), [str(elsewhere)])
@@ -149,7 +184,7 @@ def test_other_settings_or_weights_are_refused(first_run, tmp_path):
 
 
 def test_an_actor_reports_unreadable_audio_as_one_line(first_run, ray_local, tmp_path):
-    cfg, _, inputs, _ = first_run
+    cfg, _, inputs, _, _ = first_run
     tokenizer = EncodecTokenizer(cfg.encodec)
     actor = ChunkEncoderActor(to_dict(cfg.encodec), [ray_local.put(tokenizer.model.state_dict())],
                               to_dict(tokenizer.weights_identity()), torch_threads=1, device="cpu")
@@ -167,16 +202,19 @@ def test_inspect_summarizes_and_flags_damaged_shards(first_run, tmp_path):
     copy = tmp_path / "tokens"
     shutil.copytree(first_run[1], copy)
     text = inspect_tokens(copy)
-    assert "books:     2 (0.003 h), 7 chunks, 4 shards" in text and "3,600 tokens" in text
+    assert "books:     3 (0.004 h), 8 chunks, 3 shards" in text and "3,900 tokens" in text
     assert "encodec 3 kbps, 4 codebooks x 1024 codes" in text and "pretrained from" in text
-    assert "failed:    4" in text and "shards:    all 4 present" in text
-    (copy / "shards/a-00000.tar").unlink()
-    with open(copy / "shards/b-00001.tar", "r+b") as f:
+    assert "failed:    5" in text and "check:     all 3 shards present" in text
+    assert "shards:    3 written, 0 pending" in text
+    assert any(line.split()[:1] == ["shards/encodec/000002.tar"] and "2 books" in line and "3 chunks" in line
+               for line in text.splitlines())
+    (copy / "shards/encodec/000000.tar").unlink()
+    with open(copy / "shards/encodec/000002.tar", "r+b") as f:
         f.truncate(100)
     summary = json.loads(inspect_tokens(copy / "manifest.json", as_json=True))
-    assert [p["path"] for p in summary["shard_problems"]] == ["shards/a-00000.tar", "shards/b-00001.tar"]
+    assert [p["path"] for p in summary["shard_problems"]] == ["shards/encodec/000000.tar", "shards/encodec/000002.tar"]
     assert summary["shard_problems"][0]["problem"] == "missing" and "truncated" in summary["shard_problems"][1]["problem"]
-    assert "PROBLEMS:  2 of 4 shards" in inspect_tokens(copy)
+    assert "PROBLEMS:  2 of 3 shards" in inspect_tokens(copy)
 
 
 def test_catalogs_and_book_ids(tmp_path):
@@ -203,8 +241,9 @@ def test_tokenizes_twenty_seconds_of_a_real_recording_with_random_weights(tmp_pa
     cfg = config("chunking.chunk_seconds=4.0", "encodec.weights.mode=random", "ray.concurrency=1")
     report = tokenize(cfg, tmp_path / "tokens", [str(catalog)])
     m = Manifest.load(tmp_path / "tokens")
-    assert sorted(report.done) == ["LJ001-0001", "LJ001-0003"] and [f.error for f in m.failed] == ["too short: 1.9 s, one chunk is 4 s"]
-    assert sum(b.duration_s for b in m.books) > 19
+    assert report.added == ["LJ001-0001", "LJ001-0002", "LJ001-0003"] and m.failed == []
+    assert [b.chunks for b in m.books] == [3, 1, 3]  # the 1.9 s utterance is one short chunk
+    assert sum(b.duration_s for b in m.books) > 21
     codes = np.concatenate([s["encodec.npy"] for shard in m.shards for s in read_shard(tmp_path / "tokens" / shard.path).values()], axis=1)
     distinct = [len(np.unique(row)) for row in codes]
     print(f"real speech, {codes.shape[1]} frames: distinct codes per codebook {distinct}")
@@ -215,9 +254,10 @@ def test_inspect_shows_the_validation_window_of_each_book(first_run, capsys):
     from narrator.cli import main
 
     out = first_run[1]
-    assert main(["inspect", str(out), "--set", "data.val_fraction=0.25", "--set", "data.val_center=0.5"]) == 0
+    assert main(["inspect", str(out), "--set", "data.val_fraction=0.25", "--set", "data.val_center=0.5",
+                 "--set", "data.long_book_seconds=4"]) == 0
     text = capsys.readouterr().out
-    assert "validation = 25% of each book centred at 50%" in text
+    assert "2 books of >= 4 s hold out 25% centred at 50%" in text and "of 1 shorter recordings are held out whole" in text
     manifest = Manifest.load(out)
     book = manifest.books[0]
     start, end = (book.duration_s * 0.375, book.duration_s * 0.625)

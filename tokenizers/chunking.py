@@ -41,13 +41,14 @@ def _seconds(steps: int) -> float:
 
 
 def plan_chunks(book_id: str, duration_s: float, cfg: ChunkingConfig) -> list[ChunkSpec]:
-    """Consecutive chunks of `cfg.chunk_seconds` covering the book; the last one may be shorter."""
+    """Consecutive chunks of `cfg.chunk_seconds` covering the book; the last one (or a short recording's
+    only one) may be shorter."""
     total = grid_steps(duration_s)
     size = round(cfg.chunk_seconds / FRAME_GRID_SECONDS)
     left = round(cfg.left_context_seconds / FRAME_GRID_SECONDS)
     right = round(cfg.right_context_seconds / FRAME_GRID_SECONDS)
-    if total < size:
-        raise NarratorError(f"{book_id}: too short: {duration_s:.1f} s, one chunk is {cfg.chunk_seconds:g} s")
+    if total < 1:
+        raise NarratorError(f"{book_id}: too short: {duration_s:.3f} s is less than one {FRAME_GRID_SECONDS} s grid step")
     specs = []
     for i, start in enumerate(range(0, total, size)):
         end = min(start + size, total)

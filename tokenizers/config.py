@@ -65,7 +65,13 @@ class RayConfig:
 
 @dataclass
 class ShardConfig:
-    chunks_per_shard: int = 64
+    """Shards are filled with consecutive chunks, book after book, up to about `target_mb` each."""
+
+    target_mb: float = 256.0
+
+    def __post_init__(self) -> None:
+        if self.target_mb <= 0:
+            raise ConfigError(f"'shards.target_mb': {self.target_mb} must be > 0")
 
 
 @dataclass
@@ -75,3 +81,8 @@ class TokenizeConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     silence_dbfs: float = -60.0  # a book whose peak stays below this is refused as silent
+    min_seconds: float = 0.5  # shorter recordings are refused; longer ones shorter than a chunk are one chunk
+
+    def __post_init__(self) -> None:
+        if self.min_seconds < FRAME_GRID_SECONDS:
+            raise ConfigError(f"'min_seconds': {self.min_seconds} is shorter than one {FRAME_GRID_SECONDS} s grid step")

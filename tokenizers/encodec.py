@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from narrator.config import config_hash, from_dict, to_dict
 from narrator.errors import NarratorError
@@ -55,17 +57,48 @@ class EncodecTokenizer:
         self._setup(cfg, model, identity, device)
 
     @classmethod
-    def from_state_dict(cls, cfg: EncodecConfig, state_dict: dict[str, torch.Tensor], identity: WeightsIdentity,
-                        device: str | torch.device = "cpu") -> "EncodecTokenizer":
-        """A copy of a tokenizer built elsewhere (Ray actors get the driver's weights: no download, no refill)."""
+    def from_weights_file(cls, cfg: EncodecConfig, path: str | Path, identity: WeightsIdentity | None = None,
+                          device: str | torch.device = "cpu") -> "EncodecTokenizer":
+        """The tokenizer whose weights were saved to `path` (random weights kept beside their tokens),
+        refused unless they are exactly `identity`'s. Without `identity`, they are cfg's random weights."""
+        path = Path(path)
+        if not path.is_file():
+            raise NarratorError(f"{path}: EnCodec weights file not found")
+        if identity is None:
+            log.warning("EnCodec weights: RANDOM init (seed=%d, built earlier, loaded from %s) - tokens are meaningless "
+                        "for a real model", cfg.weights.seed, path)
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise NarratorError(f"{path}: unreadable EnCodec weights file ({type(e).__name__})") from None
+        return cls.from_state_dict(cfg, state, identity, device, where=str(path))
+
+    @classmethod
+    def from_state_dict(cls, cfg: EncodecConfig, state_dict: dict[str, torch.Tensor], identity: WeightsIdentity | None,
+                        device: str | torch.device = "cpu", where: str | None = None) -> "EncodecTokenizer":
+        """A tokenizer with exactly these weights (Ray actors get the driver's: no download, no rebuild),
+        refused unless they are `identity`'s. Without `identity`, they are cfg's random weights, saved at `where`."""
         model = _new_model()
         model.load_state_dict(state_dict, strict=True)
         sha = state_dict_sha256(model.state_dict())
+        if identity is None:
+            seed = cfg.weights.seed
+            identity = WeightsIdentity(mode="random", source=f"random-init seed={seed}", sha256=sha, seed=seed,
+                                       file=Path(where).name if where else None)
         if sha != identity.sha256:
-            raise NarratorError(f"{identity.source}: weights arrived with sha256 {sha[:12]}, expected {identity.sha256[:12]}")
+            raise NarratorError(f"{where or identity.source}: EnCodec weights sha256 {sha[:12]} differ from the "
+                                f"{identity.sha256[:12]} the tokens were made with ({identity.source})")
         self = cls.__new__(cls)
         self._setup(cfg, model, identity, device)
         return self
+
+    def save_weights(self, path: str | Path) -> None:
+        """Write the weights as safetensors (atomically) and record the file name in the identity."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp))
+        os.replace(tmp, path)
+        self._identity.file = path.name
 
     def _setup(self, cfg: EncodecConfig, model: EncodecModel, identity: WeightsIdentity, device: str | torch.device) -> None:
         self.cfg = cfg
@@ -146,12 +179,31 @@ def tokenizer_info(tcfg: TokenizeConfig, stream: str = "encodec", tokenizer: Enc
     )
 
 
-def load_tokenizer(info: TokenizerInfo, device: str | torch.device = "cpu", checkpoint: str | None = None) -> EncodecTokenizer:
-    """Rebuild the tokenizer a manifest was made with (its weights file may have moved: `checkpoint`);
-    refuse if the weights are not the same."""
+def random_weights_name(seed: int) -> str:
+    """File name of random-init weights kept in a token folder (and in checkpoints trained on it)."""
+    return f"encodec_random_seed{seed}.safetensors"
+
+
+def load_tokenizer(info: TokenizerInfo, device: str | torch.device = "cpu", checkpoint: str | None = None,
+                   weights_dirs: Sequence[str | Path] = ()) -> EncodecTokenizer:
+    """Rebuild the tokenizer a manifest was made with and refuse it if the weights are not the same.
+
+    Random-init weights are never rebuilt from their seed (the rebuild runs the encoder, whose float
+    rounding differs between CPUs and thread counts): they are loaded from the file kept beside the
+    tokens, looked up in `weights_dirs`. A pretrained checkpoint file may have moved: `checkpoint`.
+    """
     if info.kind != "encodec":
         raise NarratorError(f"tokenizer kind {info.kind!r} is not 'encodec'")
     cfg = from_dict(EncodecConfig, info.config["encodec"], "encodec.")
+    if info.weights.mode == "random":
+        if not info.weights.file:
+            raise NarratorError(f"{info.weights.source}: the tokens' random-init weights were not kept with them; re-tokenize")
+        candidates = [Path(d) / info.weights.file for d in weights_dirs]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise NarratorError(f"{info.weights.file}: the random-init EnCodec weights the tokens were made with are in none "
+                                f"of {', '.join(str(d) for d in weights_dirs) or 'the given folders'}")
+        return EncodecTokenizer.from_weights_file(cfg, found, info.weights, device)
     if checkpoint is not None:
         cfg.weights.checkpoint = checkpoint
     tokenizer = EncodecTokenizer(cfg, device)
@@ -240,25 +292,19 @@ def _random_model(seed: int) -> EncodecModel:
 
     Random init leaves the codebooks at zero (EnCodec initializes them by k-means on the first
     training batch), so every code would be 0. Each level is filled instead with encoder frames of a
-    seeded synthetic signal. Everything that involves a float reduction is computed in float64 and
-    rounded to float32, so the weights (and their sha256) are bit-identical across thread counts and
-    CPUs: every Ray actor and a later `generate` rebuild exactly this model.
+    seeded synthetic signal. Those frames come from a float forward pass whose rounding depends on the
+    CPU's kernels and thread count, so two machines may build different weights from one seed: the
+    weights are built once per token folder, saved in it, and loaded from there ever after.
     """
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         model = _new_model()
-        for name, g in model.named_parameters():
-            if name.endswith(".weight_g"):  # weight_norm's g = |v| was computed in float32 at init
-                v = model.get_parameter(name[: -len("g")] + "v")
-                g.copy_(v.double().flatten(1).norm(dim=1).view_as(g).float())
-        signal = torch.from_numpy(synthetic_speech(_FILL_SECONDS, seed))
-        frames = model.encoder.double()(signal[None, None])[0].T  # [T, D] float64
-        model.encoder.float()  # float32 -> float64 -> float32 leaves the weights unchanged
+        signal = torch.from_numpy(synthetic_speech(_FILL_SECONDS, seed)).float()
+        frames = model.encoder(signal[None, None])[0].T  # [T, D]
         # A random encoder's frames share one large offset (~100x their spread), which leaves the
-        # quantizer choosing between near-ties that float32 noise decides. Move it into the last bias.
+        # quantizer choosing between near-ties. Move it into the last bias.
         offset = frames.mean(dim=0)
-        last_conv = model.encoder.model[-1].conv.conv
-        last_conv.bias.copy_((last_conv.bias.double() - offset).float())
+        model.encoder.model[-1].conv.conv.bias.sub_(offset)
         frames = frames - offset
         generator = torch.Generator().manual_seed(seed)
         residual = frames
@@ -271,7 +317,7 @@ def _random_model(seed: int) -> EncodecModel:
             # level would see mostly zero residuals.
             dist[picked, torch.arange(len(picked))] = torch.inf
             residual = residual - embed[dist.argmin(dim=1)]
-            book.embed.copy_(embed.float())
-            book.embed_avg.copy_(embed.float())
+            book.embed.copy_(embed)
+            book.embed_avg.copy_(embed)
             book.inited.fill_(1.0)
     return model

@@ -11,7 +11,7 @@ from typing import Any
 
 from narrator.config import to_dict
 from narrator.streaming.config import DataConfig
-from narrator.streaming.split import val_window
+from narrator.streaming.split import val_frames
 from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
 
 
@@ -24,11 +24,13 @@ def inspect_tokens(path: str | Path, as_json: bool = False, data: DataConfig | N
     return json.dumps(summary, indent=1) if as_json else _text(summary)
 
 
+SHOWN = 20  # books and shards listed one per line in the text summary; the JSON has all
+
+
 def _val_seconds(m: Manifest, data: DataConfig) -> dict[str, tuple[float, float]]:
-    """Each book's validation window in seconds."""
+    """Each book's held-out stretch in seconds ((0, 0) for a recording that is all training)."""
     rate = m.tokenizer.frame_rate
-    windows = {b.id: val_window(b.frames, data.val_center, data.val_fraction) for b in m.books}
-    return {book: (start / rate, end / rate) for book, (start, end) in windows.items()}
+    return {book: (start / rate, end / rate) for book, (start, end) in val_frames(m.books, data).items()}
 
 
 def _summary(root: Path, m: Manifest, data: DataConfig) -> dict[str, Any]:
@@ -42,6 +44,8 @@ def _summary(root: Path, m: Manifest, data: DataConfig) -> dict[str, Any]:
     t = m.tokenizer
     val = _val_seconds(m, data)
     val_total = sum(end - start for start, end in val.values())
+    long_books = sum(b.duration_s >= data.long_book_seconds for b in m.books)
+    held_out = sum(b.duration_s < data.long_book_seconds and val[b.id][1] > 0 for b in m.books)
     return {
         "folder": str(root / MANIFEST_NAME),
         "format": m.format,
@@ -52,12 +56,17 @@ def _summary(root: Path, m: Manifest, data: DataConfig) -> dict[str, Any]:
         "hours": sum(b.duration_s for b in m.books) / 3600,
         "chunks": sum(b.chunks for b in m.books),
         "shards": len(m.shards),
+        "pending_shards": list(m.pending),
         "shard_bytes": sum(s.bytes for s in m.shards),
         "tokens": m.total_tokens,
-        "split": {"val_center": data.val_center, "val_fraction": data.val_fraction, "val_seconds": val_total,
-                  "train_seconds": sum(b.duration_s for b in m.books) - val_total},
-        "per_book": [{"id": b.id, "duration_s": b.duration_s, "chunks": b.chunks, "shards": len(b.shards),
-                      "val_s": list(val[b.id])} for b in m.books],
+        "split": {"val_center": data.val_center, "val_fraction": data.val_fraction,
+                  "long_book_seconds": data.long_book_seconds, "long_books": long_books,
+                  "short_held_out": held_out, "short_books": len(m.books) - long_books,
+                  "val_seconds": val_total, "train_seconds": sum(b.duration_s for b in m.books) - val_total},
+        "per_book": [{"id": b.id, "source": b.source, "duration_s": b.duration_s, "chunks": b.chunks,
+                      "shards": len(b.shards), "val_s": list(val[b.id])} for b in m.books],
+        "per_shard": [{"path": s.path, "books": len(s.books), "samples": s.samples, "tokens": s.tokens,
+                       "bytes": s.bytes} for s in m.shards],
         "failed": [to_dict(f) for f in m.failed],
         "shard_problems": problems,
     }
@@ -74,16 +83,30 @@ def _text(s: dict[str, Any]) -> str:
         f"({s['shard_bytes'] / 1e6:.2f} MB), {s['tokens']:,} tokens",
     ]
     sp = s["split"]
-    lines.append(f"split:     validation = {sp['val_fraction']:.0%} of each book centred at {sp['val_center']:.0%}: "
-                 f"{sp['val_seconds']:.1f} s val, {sp['train_seconds']:.1f} s train (data.val_center, data.val_fraction)")
-    width = max((len(b["id"]) for b in s["per_book"]), default=0)
-    lines += [f"  {b['id']:<{width}}  {b['duration_s']:9.2f} s  {b['chunks']:5d} chunks  {b['shards']:3d} shards  "
-              f"val {b['val_s'][0]:.2f}-{b['val_s'][1]:.2f} s" for b in s["per_book"]]
+    lines.append(f"split:     {sp['val_seconds']:.1f} s val, {sp['train_seconds']:.1f} s train: {sp['long_books']} books of "
+                 f">= {sp['long_book_seconds']:g} s hold out {sp['val_fraction']:.0%} centred at {sp['val_center']:.0%}; "
+                 f"{sp['short_held_out']} of {sp['short_books']} shorter recordings are held out whole "
+                 "(data.long_book_seconds, data.val_fraction, data.val_center)")
+    books = s["per_book"]
+    width = max((len(b["id"]) for b in books[:SHOWN]), default=0)
+    for b in books[:SHOWN]:
+        val = (f"val {b['val_s'][0]:.2f}-{b['val_s'][1]:.2f} s" if b["val_s"][1] > b["val_s"][0] else "train")
+        lines.append(f"  {b['id']:<{width}}  {b['duration_s']:9.2f} s  {b['chunks']:5d} chunks  {b['shards']:3d} shards  {val}")
+    if len(books) > SHOWN:
+        lines.append(f"  ... and {len(books) - SHOWN} more books (--json lists all)")
+    lines.append(f"shards:    {s['shards']} written, {len(s['pending_shards'])} pending")
+    for sh in s["per_shard"][:SHOWN]:
+        lines.append(f"  {sh['path']}  {sh['bytes'] / 1e6:8.2f} MB  {sh['books']:5d} books  {sh['samples']:6d} chunks  "
+                     f"{sh['tokens']:,} tokens")
+    if len(s["per_shard"]) > SHOWN:
+        lines.append(f"  ... and {len(s['per_shard']) - SHOWN} more shards (--json lists all)")
     lines.append(f"failed:    {len(s['failed'])}")
     lines += [f"  {f['source']}: {f['error']}" for f in s["failed"]]
     if s["shard_problems"]:
         lines.append(f"PROBLEMS:  {len(s['shard_problems'])} of {s['shards']} shards")
         lines += [f"  {p['path']}: {p['problem']}" for p in s["shard_problems"]]
     else:
-        lines.append(f"shards:    all {s['shards']} present, sizes match the manifest")
+        lines.append(f"check:     all {s['shards']} shards present, sizes match the manifest")
+    if s["pending_shards"]:
+        lines.append(f"PENDING:   {len(s['pending_shards'])} planned shards are not written yet; rerun `narrator tokenize` to complete them")
     return "\n".join(lines)

@@ -1,9 +1,9 @@
 """`narrator tokenize`: books -> EnCodec token shards + manifest.json, encoded by Ray Data actors.
 
 Only paths and times travel through Ray: each actor holds one EnCodec and reads its own audio by
-seeking. The driver writes each shard as soon as its chunks are in. Which chunks go in which shard
-is a pure function of the book's duration and the config, so a rerun finds the finished shards by
-name and encodes only the missing ones.
+seeking. Books are checked and added to the shard plan (plan.py) before anything is encoded; the
+driver then writes each missing shard as soon as its chunks are in. A rerun finds the finished
+shards by name and encodes only the missing ones; new books are appended in new shards.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-import yaml
 from tqdm import tqdm
 
 from narrator.config import from_dict, save_config, to_dict
@@ -30,9 +29,12 @@ from narrator.errors import NarratorError
 from narrator.tokenizers.audio import AudioInfo, peak_dbfs, probe, read_segment
 from narrator.tokenizers.chunking import ChunkSpec, plan_chunks
 from narrator.tokenizers.config import EncodecConfig, TokenizeConfig
-from narrator.tokenizers.encodec import EncodecTokenizer, token_config_hash, tokenizer_info
+from narrator.tokenizers.encodec import EncodecTokenizer, random_weights_name, token_config_hash, tokenizer_info
 from narrator.tokenizers.manifest import MANIFEST_NAME, BookEntry, FailedBook, Manifest, ShardEntry, TokenizerInfo, WeightsIdentity
-from narrator.tokenizers.shards import ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy, file_sha256
+from narrator.tokenizers.plan import PlannedBook, PlannedShard, ShardPlan
+from narrator.tokenizers.stderr_filter import RAY_ACTOR_RESTART_NOTICE, drop_stderr_lines
+from narrator.tokenizers.shards import (ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy, file_sha256,
+                                        log_written, read_written, shard_path)
 
 TOKENIZER_NAME = "tokenizer.json"
 CONFIG_NAME = "tokenize_config.yaml"
@@ -41,52 +43,62 @@ CONFIG_NAME = "tokenize_config.yaml"
 @dataclass
 class BookSource:
     id: str
-    source: str
+    source: str  # absolute path
+    given: str  # the path as the user wrote it (or as the catalog names it), for messages
 
 
 @dataclass
 class TokenizeReport:
     out: Path
-    done: list[str] = field(default_factory=list)  # books completed by this run
-    skipped: list[str] = field(default_factory=list)  # books that were already complete
+    added: list[str] = field(default_factory=list)  # books planned by this run
     failed: list[FailedBook] = field(default_factory=list)
+    shards_written: int = 0
     chunks_encoded: int = 0
     tokens: int = 0  # in the whole manifest
 
 
 def tokenize(cfg: TokenizeConfig, out: Path, inputs: list[str]) -> TokenizeReport:
-    """Tokenize every book in `inputs` (audio files or .txt catalogs) into `out`; resumable."""
+    """Tokenize every book in `inputs` (audio files or .txt catalogs) into `out`; resumable and appendable."""
     out = Path(out)
     books = resolve_inputs(inputs)
     _check_out(out, cfg)
-    tokenizer = EncodecTokenizer(cfg.encodec)  # on the driver first: fails fast on missing weights
+    tokenizer = _codec(cfg, out)  # on the driver first: fails fast on missing weights
     info = tokenizer_info(cfg, tokenizer=tokenizer)
     _check_out(out, cfg, info)
     out.mkdir(parents=True, exist_ok=True)
+    if info.weights.mode == "random" and info.weights.file is None:
+        tokenizer.save_weights(out / random_weights_name(cfg.encodec.weights.seed))
     _write_json(out / TOKENIZER_NAME, info)
     save_config(cfg, out / CONFIG_NAME)
     report = TokenizeReport(out)
-    started_ray = _ensure_ray(cfg)
-    try:
-        entries, todo = _plan_books(cfg, out, books, report)
-        written = _encode(cfg, out, tokenizer, info.stream, entries, todo, report) if todo else {}
-    finally:
-        if started_ray:
-            ray.shutdown()
-    manifest = build_manifest(out, cfg, info, report.failed, written)
+    plan = ShardPlan.load(out)
+    _plan_books(cfg, plan, books, report, bytes_per_second=2 * info.n_codebooks * info.frame_rate)
+    plan.save(out)  # the commit point: from here on, these books' shards are fixed
+    written = read_written(out, info.stream)
+    missing = [s for s in plan.shards if not (out / shard_path(info.stream, s.index)).is_file()]
+    if missing:
+        started_ray = _ensure_ray(cfg)
+        try:
+            _encode(cfg, out, tokenizer, info.stream, plan, missing, written, report)
+        finally:
+            if started_ray:
+                ray.shutdown()
+    manifest = build_manifest(out, cfg, info, plan, written, report.failed)
     report.tokens = manifest.total_tokens
-    print(f"tokenize: {len(report.done)} books tokenized, {len(report.skipped)} skipped as complete, "
-          f"{len(report.failed)} failed; {manifest.total_tokens:,} tokens in {len(manifest.books)} books -> {out}")
+    hours = sum(b.duration_s for b in manifest.books) / 3600
+    print(f"tokenize: {len(manifest.books)} books ({hours:.2f} h) in {len(manifest.shards)} shards, "
+          f"{manifest.total_tokens:,} tokens -> {out}; this run: {len(report.added)} books added, "
+          f"{report.shards_written} shards written, {len(report.failed)} failed")
     return report
 
 
 def resolve_inputs(inputs: list[str]) -> list[BookSource]:
     """Audio paths and catalogs (.txt: one path per line, relative to the catalog, # comments) -> books."""
-    paths: list[Path] = []
+    given: dict[Path, str] = {}
     for item in inputs:
         p = Path(item).expanduser()
         if p.suffix.lower() != ".txt":
-            paths.append(p)
+            given.setdefault(p.resolve(), item)
             continue
         if not p.is_file():
             raise NarratorError(f"{p}: catalog file not found")
@@ -94,49 +106,47 @@ def resolve_inputs(inputs: list[str]) -> list[BookSource]:
             line = line.split("#", 1)[0].strip()
             if line:
                 entry = Path(line).expanduser()
-                paths.append(entry if entry.is_absolute() else p.parent / entry)
-    unique = list(dict.fromkeys(p.resolve() for p in paths))
-    if not unique:
+                entry = entry if entry.is_absolute() else p.parent / entry
+                given.setdefault(entry.resolve(), str(entry))
+    if not given:
         raise NarratorError(f"no audio files in the inputs: {' '.join(inputs)}")
-    stems = [re.sub(r"[^A-Za-z0-9_-]+", "_", p.stem).strip("_") or "book" for p in unique]
+    stems = [re.sub(r"[^A-Za-z0-9_-]+", "_", p.stem).strip("_") or "book" for p in given]
     books = []
-    for path, stem in zip(unique, stems):
+    for (path, name), stem in zip(given.items(), stems):
         # Every book of a colliding name gets the hash, so ids do not depend on input order.
         collides = stems.count(stem) > 1
-        books.append(BookSource(f"{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}" if collides else stem, str(path)))
+        book_id = f"{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}" if collides else stem
+        books.append(BookSource(book_id, str(path), name))
     return books
 
 
-def shard_path(book: str, part: int) -> str:
-    """Shard of a book, relative to OUT."""
-    return f"shards/{book}-{part:05d}.tar"
-
-
-def shard_plan(specs: list[ChunkSpec], chunks_per_shard: int) -> dict[str, list[ChunkSpec]]:
-    """Shard path -> its chunks, in order (shard part = chunk // chunks_per_shard)."""
-    plan: dict[str, list[ChunkSpec]] = {}
-    for spec in specs:
-        plan.setdefault(shard_path(spec.book, spec.chunk // chunks_per_shard), []).append(spec)
-    return plan
-
-
-def build_manifest(out: Path, cfg: TokenizeConfig, info: TokenizerInfo, failed: list[FailedBook],
-                   written: dict[str, WrittenShard] | None = None) -> Manifest:
-    """manifest.json from OUT/books/*.json and the shards on disk; books with a missing shard are left out."""
-    written = written or {}
+def build_manifest(out: Path, cfg: TokenizeConfig, info: TokenizerInfo, plan: ShardPlan,
+                   written: dict[str, WrittenShard], failed: list[FailedBook]) -> Manifest:
+    """manifest.json from the plan and the shards on disk; planned shards not on disk are `pending`."""
     manifest = Manifest(tokenizer=info, failed=list(failed))
-    for path in sorted((out / "books").glob("*.json")):
-        book = _read_json(path, BookEntry)
-        plan = shard_plan(plan_chunks(book.id, book.duration_s, cfg.chunking), cfg.shards.chunks_per_shard)
-        if not all((out / rel).is_file() for rel in plan):
-            print(f"tokenize: {book.id} has missing shards; rerun with its audio to complete it")
+    book_shards = plan.book_shards()
+    for book in plan.books:
+        specs = plan_chunks(book.id, book.duration_s, cfg.chunking)
+        manifest.books.append(BookEntry(id=book.id, source=book.source, duration_s=book.duration_s,
+                                        frames=sum(s.frames for s in specs), chunks=len(specs),
+                                        shards=[shard_path(info.stream, i) for i in dict.fromkeys(book_shards[book.id])]))
+    for shard in plan.shards:
+        rel = shard_path(info.stream, shard.index)
+        if not (out / rel).is_file():
+            manifest.pending.append(rel)
             continue
-        manifest.books.append(book)
-        for rel, specs in plan.items():
-            done = written.get(rel)
-            manifest.shards.append(ShardEntry(
-                path=rel, book=book.id, samples=len(specs), tokens=sum(s.frames for s in specs) * info.n_codebooks,
-                bytes=(out / rel).stat().st_size, sha256=done.sha256 if done else file_sha256(out / rel)))
+        record = written.get(rel)
+        if record is None or record.bytes != (out / rel).stat().st_size:  # renamed, but its record was not logged
+            specs = plan.chunks(shard, cfg.chunking)
+            record = WrittenShard(rel, len(specs), sum(s.frames for _, s in specs) * info.n_codebooks,
+                                  (out / rel).stat().st_size, file_sha256(out / rel))
+            log_written(out, info.stream, record)
+        manifest.shards.append(ShardEntry(path=rel, books=list(dict.fromkeys(p.book for p in shard.pieces)),
+                                          samples=record.samples, tokens=record.tokens, bytes=record.bytes,
+                                          sha256=record.sha256))
+    if manifest.pending:
+        print(f"tokenize: {len(manifest.pending)} of {len(plan.shards)} shards are not written yet; "
+              "rerun the same command to complete them")
     manifest.save(out / MANIFEST_NAME)
     return manifest
 
@@ -174,70 +184,72 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _check_book(source: str, book_id: str, cfg: TokenizeConfig) -> tuple[float | None, str | None]:
-    """(duration, None) for a usable book, (None, reason) otherwise; reads the whole file once for its peak."""
-    try:
-        info = probe(source)
-        plan_chunks(book_id, info.duration_s, cfg.chunking)
-        peak = peak_dbfs(info)
-        if peak < cfg.silence_dbfs:
-            raise NarratorError(f"{source}: silent (peak {peak:.1f} dBFS is below silence_dbfs {cfg.silence_dbfs:g})")
-        return info.duration_s, None
-    except NarratorError as e:  # the reason alone: the manifest records the source beside it
-        return None, str(e).removeprefix(f"{source}: ").removeprefix(f"{book_id}: ")
+def _codec(cfg: TokenizeConfig, out: Path) -> EncodecTokenizer:
+    """The codec OUT's tokens are made with. Random weights are built once, kept in OUT and loaded
+    from there by every later run, since a rebuild on another machine may differ (see _random_model)."""
+    weights = out / random_weights_name(cfg.encodec.weights.seed)
+    if cfg.encodec.weights.mode == "random" and weights.is_file():
+        return EncodecTokenizer.from_weights_file(cfg.encodec, weights)
+    return EncodecTokenizer(cfg.encodec)
 
 
-def _plan_books(cfg: TokenizeConfig, out: Path, books: list[BookSource], report: TokenizeReport
-                ) -> tuple[dict[str, BookEntry], dict[str, list[tuple[str, ChunkSpec]]]]:
-    """Validate the books that are not complete; return their entries and, per book, the (source, chunk) pairs to encode."""
-    pending = []
+def _check_book(book: BookSource, cfg: TokenizeConfig) -> float:
+    """The duration of a usable book; reads the whole file once for its peak. One-line NarratorError otherwise."""
+    info = probe(book.source)
+    if info.duration_s < cfg.min_seconds:
+        raise NarratorError(f"too short: {info.duration_s:.2f} s (min_seconds {cfg.min_seconds:g})")
+    peak = peak_dbfs(info)
+    if peak < cfg.silence_dbfs:
+        raise NarratorError(f"silent (peak {peak:.1f} dBFS is below silence_dbfs {cfg.silence_dbfs:g})")
+    return info.duration_s
+
+
+def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], report: TokenizeReport,
+                bytes_per_second: float) -> None:
+    """Check the books the plan does not hold yet and append the usable ones to it, in input order."""
+    new = []
     for book in books:
-        entry_path = out / "books" / f"{book.id}.json"
-        if entry_path.is_file():
-            entry = _read_json(entry_path, BookEntry)
-            if entry.source != book.source:
-                report.failed.append(FailedBook(book.source, f"book id {book.id} already holds the tokens of {entry.source}"))
-                print(f"skipped {book.id}: {report.failed[-1].error}")
-                continue
-            if all((out / rel).is_file() for rel in entry.shards):
-                report.skipped.append(book.id)
-                continue
-        pending.append(book)
+        planned = plan.book(book.id)
+        if planned is None:
+            new.append(book)
+        elif planned.source != book.source:
+            _fail(report, book, f"book id {book.id} already holds the tokens of {planned.source}")
+
+    def check(book: BookSource) -> float | str:
+        try:
+            return _check_book(book, cfg)
+        except NarratorError as e:  # the reason alone: the message and the manifest name the file beside it
+            return str(e).removeprefix(f"{book.source}: ")
+
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # decoding releases the GIL
-        results = list(pool.map(lambda b: _check_book(b.source, b.id, cfg), pending))
-    entries: dict[str, BookEntry] = {}
-    todo: dict[str, list[tuple[str, ChunkSpec]]] = {}
-    for book, (duration, error) in zip(pending, results):
-        if error is not None:
-            report.failed.append(FailedBook(book.source, error))
-            print(f"skipped {book.id}: {error}")
-            continue
-        plan = shard_plan(plan_chunks(book.id, duration, cfg.chunking), cfg.shards.chunks_per_shard)
-        entry = BookEntry(id=book.id, source=book.source, duration_s=duration, frames=sum(s.frames for c in plan.values() for s in c),
-                          chunks=sum(len(c) for c in plan.values()), shards=list(plan))
-        missing = [(book.source, s) for rel, specs in plan.items() if not (out / rel).is_file() for s in specs]
-        if missing:  # books/<id>.json is written when its last shard is in: its presence means "complete"
-            entries[book.id], todo[book.id] = entry, missing
-        else:  # shards all there, only the book entry was missing
-            _write_json(out / "books" / f"{book.id}.json", entry)
-            report.done.append(book.id)
-    return entries, todo
+        results = list(pool.map(check, new))
+    usable = []
+    for book, result in zip(new, results):
+        if isinstance(result, str):
+            _fail(report, book, result)
+        else:
+            usable.append(PlannedBook(book.id, book.source, result))
+    plan.extend(usable, cfg.chunking, cfg.shards.target_mb * 1e6, bytes_per_second)
+    report.added += [b.id for b in usable]
 
 
-def _encode(cfg: TokenizeConfig, out: Path, tokenizer: EncodecTokenizer, stream: str, entries: dict[str, BookEntry],
-            todo: dict[str, list[tuple[str, ChunkSpec]]], report: TokenizeReport) -> dict[str, WrittenShard]:
-    """Run the Ray Data actor pool over the missing chunks and write shards in order as they complete."""
-    items = [{"path": source, **asdict(spec)} for chunks in todo.values() for source, spec in chunks]
-    specs = [spec for chunks in todo.values() for _, spec in chunks]
-    shard_sizes = {rel: len(c) for rel, c in shard_plan(specs, cfg.shards.chunks_per_shard).items()}
-    open_parts = {book: {shard_path(book, s.chunk // cfg.shards.chunks_per_shard) for _, s in chunks} for book, chunks in todo.items()}
+def _fail(report: TokenizeReport, book: BookSource, reason: str) -> None:
+    report.failed.append(FailedBook(book.source, reason))
+    print(f"skipped {book.given}: {reason}")
+
+
+def _encode(cfg: TokenizeConfig, out: Path, tokenizer: EncodecTokenizer, stream: str, plan: ShardPlan,
+            missing: list[PlannedShard], written: dict[str, WrittenShard], report: TokenizeReport) -> None:
+    """Run the Ray Data actor pool over the chunks of the missing shards and write each shard as it completes."""
+    order = [(shard, book, spec) for shard in missing for book, spec in plan.chunks(shard, cfg.chunking)]
+    sizes = {shard.index: len(plan.chunks(shard, cfg.chunking)) for shard in missing}
+    items = [{"path": book.source, **asdict(spec)} for _, book, spec in order]
     weights = ray.put({k: v.cpu() for k, v in tokenizer.model.state_dict().items()})
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start)
     ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = True, False, False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the tqdm bar below replaces Ray Data's progress output
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    written: dict[str, WrittenShard] = {}
     writer: ShardWriter | None = None
     try:
         ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / cfg.ray.batch_size)).map_batches(
@@ -249,31 +261,30 @@ def _encode(cfg: TokenizeConfig, out: Path, tokenizer: EncodecTokenizer, stream:
             compute=ray.data.ActorPoolStrategy(size=cfg.ray.concurrency, max_tasks_in_flight_per_actor=1))
         bar = tqdm(total=len(items), unit="chunk", desc="tokenize", dynamic_ncols=True)
         seconds = 0.0
-        for spec, row in zip(specs, ds.iter_rows(), strict=True):
-            assert (row["book"], row["chunk"]) == (spec.book, spec.chunk), "Ray Data returned chunks out of order"
-            if row["error"]:
-                raise NarratorError(row["error"])
-            rel = shard_path(spec.book, spec.chunk // cfg.shards.chunks_per_shard)
-            if writer is None:
-                writer = ShardWriter(out / rel)
-            writer.write(ChunkRecord(spec.book, spec.chunk, spec.start_s, spec.end_s, spec.frames, stream), decode_npy(row["codes"]))
-            if writer.samples == shard_sizes[rel]:
-                written[rel] = writer.close()
-                writer = None
-                open_parts[spec.book].discard(rel)
-                if not open_parts[spec.book]:
-                    _write_json(out / "books" / f"{spec.book}.json", entries[spec.book])
-                    report.done.append(spec.book)
-            report.chunks_encoded += 1
-            seconds += spec.end_s - spec.start_s
-            bar.update()
-            bar.set_postfix(audio=f"{seconds / 3600:.3f} h", refresh=False)
-        bar.close()
+        with drop_stderr_lines(RAY_ACTOR_RESTART_NOTICE):
+            for (shard, _, spec), row in zip(order, ds.iter_rows(), strict=True):
+                assert (row["book"], row["chunk"]) == (spec.book, spec.chunk), "Ray Data returned chunks out of order"
+                if row["error"]:
+                    raise NarratorError(row["error"])
+                if writer is None:
+                    rel = shard_path(stream, shard.index)
+                    writer = ShardWriter(out / rel, name=rel)
+                writer.write(ChunkRecord(spec.book, spec.chunk, spec.start_s, spec.end_s, spec.frames, stream), decode_npy(row["codes"]))
+                if writer.samples == sizes[shard.index]:
+                    done = writer.close()
+                    writer = None
+                    log_written(out, stream, done)
+                    written[done.path] = done
+                    report.shards_written += 1
+                report.chunks_encoded += 1
+                seconds += spec.end_s - spec.start_s
+                bar.update()
+                bar.set_postfix(audio=f"{seconds / 3600:.3f} h", refresh=False)
+            bar.close()
     finally:
         if writer is not None:
             writer.abort()
         ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
-    return written
 
 
 def _check_out(out: Path, cfg: TokenizeConfig, info: TokenizerInfo | None = None) -> None:
@@ -288,11 +299,6 @@ def _check_out(out: Path, cfg: TokenizeConfig, info: TokenizerInfo | None = None
         if info is not None and old.weights.sha256 != info.weights.sha256:
             raise NarratorError(f"{out}: holds tokens made with other EnCodec weights (sha256 {old.weights.sha256[:12]} from "
                                 f"{old.weights.source}, now {info.weights.sha256[:12]}); use a new --out folder")
-    if cfg_path.is_file():
-        old_cps = (yaml.safe_load(cfg_path.read_text()) or {}).get("shards", {}).get("chunks_per_shard")
-        if old_cps not in (None, cfg.shards.chunks_per_shard):
-            raise NarratorError(f"{out}: shards hold {old_cps} chunks each, not shards.chunks_per_shard={cfg.shards.chunks_per_shard}; "
-                                "use a new --out folder")
 
 
 def _ensure_ray(cfg: TokenizeConfig) -> bool:

@@ -1,7 +1,10 @@
 """webdataset tar shards of token chunks, written so that a crash never leaves a half shard.
 
+A stream's shards are `shards/<stream>/<index:06d>.tar`, numbered as in the shard plan (plan.py).
 One sample per chunk: `<book>/<chunk:06d>.<stream>.npy` (int16 codes, [codebooks, frames], saved
 with allow_pickle=False) and `<book>/<chunk:06d>.json` (book, chunk, start_s, end_s, frames, stream).
+Each finished shard gets a line in `shards/<stream>/written.jsonl` (size, counts, sha256), so a
+rerun need not hash the shards it finds.
 """
 
 from __future__ import annotations
@@ -29,8 +32,16 @@ class ChunkRecord:
     stream: str
 
 
+WRITTEN_LOG = "written.jsonl"
+
+
 def sample_key(book: str, chunk: int) -> str:
     return f"{book}/{chunk:06d}"
+
+
+def shard_path(stream: str, index: int) -> str:
+    """Shard `index` of the plan for one token stream, relative to the token folder."""
+    return f"shards/{stream}/{index:06d}.tar"
 
 
 def encode_npy(array: np.ndarray) -> bytes:
@@ -53,18 +64,42 @@ def file_sha256(path: str | Path) -> str:
 
 @dataclass
 class WrittenShard:
-    path: Path
+    path: str  # relative to the token folder
     samples: int
     tokens: int
     bytes: int
     sha256: str
 
 
+def log_written(out: Path, stream: str, shard: WrittenShard) -> None:
+    """Append a finished shard's record to its stream's log (after the shard was renamed into place)."""
+    log = Path(out) / "shards" / stream / WRITTEN_LOG
+    with open(log, "a") as f:
+        f.write(json.dumps(asdict(shard)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_written(out: Path, stream: str) -> dict[str, WrittenShard]:
+    """Shard path -> its record; a line torn by a crash is ignored (that shard is hashed again)."""
+    log = Path(out) / "shards" / stream / WRITTEN_LOG
+    records: dict[str, WrittenShard] = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                record = WrittenShard(**json.loads(line))
+            except (ValueError, TypeError):
+                continue
+            records[record.path] = record
+    return records
+
+
 class ShardWriter:
     """Writes one shard to `<path>.tmp` and renames it to `<path>` only when `close()` completes."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, name: str | None = None):
         self.path = Path(path)
+        self.name = name or self.path.name  # what the record calls it (its path relative to the token folder)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(self.path.name + ".tmp")
         self._writer = wds.TarWriter(str(self._tmp))
@@ -87,7 +122,7 @@ class ShardWriter:
         with open(self._tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(self._tmp, self.path)
-        return WrittenShard(self.path, self.samples, self.tokens, self.path.stat().st_size, file_sha256(self.path))
+        return WrittenShard(self.name, self.samples, self.tokens, self.path.stat().st_size, file_sha256(self.path))
 
     def abort(self) -> None:
         self._writer.close()

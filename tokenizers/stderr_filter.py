@@ -1,0 +1,56 @@
+"""Drop one known, harmless line from the process's stderr (fd 2) while passing everything else through.
+
+Ray Data always puts its actors' constructor in the object store and restarts actors that die, so
+Ray's C++ core worker logs an error-looking line for every actor pool it starts. Its own switch
+(RAY_BACKEND_LOG_LEVEL) would hide real errors too; this drops exactly that line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+RAY_ACTOR_RESTART_NOTICE = re.compile(
+    rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store and max_restarts > 0")
+_LINE_END = re.compile(rb"(?<=[\r\n])")
+
+
+@contextmanager
+def drop_stderr_lines(pattern: re.Pattern[bytes]) -> Iterator[None]:
+    """Within the block, lines written to fd 2 (by Python or C++) that match `pattern` are not shown.
+
+    Text is forwarded as soon as it cannot start a matching line (the lines dropped start with '['),
+    so progress bars that redraw with '\\r' stay live.
+    """
+    sys.stderr.flush()
+    shown = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending = b""
+        while data := os.read(read_end, 1 << 16):
+            *lines, pending = _LINE_END.split(pending + data)
+            out = b"".join(line for line in lines if not pattern.search(line))
+            if pending and not pending.startswith(b"["):
+                out, pending = out + pending, b""
+            if out:
+                os.write(shown, out)
+        if pending and not pattern.search(pending):
+            os.write(shown, pending)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(shown, 2)  # closes the pipe's last write end: the pump reads to the end and stops
+        thread.join(timeout=5)
+        os.close(read_end)
+        os.close(shown)
