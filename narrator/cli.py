@@ -8,6 +8,7 @@ NarratorError is printed as one line and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"narrator {args.command}: interrupted; completed work is kept, rerun to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `narrator inspect ... | head`: the reader is gone, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:

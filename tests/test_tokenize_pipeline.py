@@ -25,9 +25,9 @@ from narrator.tokenizers.shards import decode_npy, file_sha256
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
-# Chunks of 2 s; shards of ~8 KB: a 2 s chunk is costed 1536 + 2 * 600 = 2736 bytes, so a shard takes
+# Chunks of 2 s; shards of ~9 KB: a 2 s chunk is costed 1920 + 2 * 600 = 3120 bytes, so a shard takes
 # about three chunks and books share shards.
-SMALL = ["chunking.chunk_seconds=2.0", "shards.target_mb=0.008", "ray.concurrency=2", "ray.batch_size=2"]
+SMALL = ["chunking.chunk_seconds=2.0", "shards.target_mb=0.009", "ray.concurrency=2", "ray.batch_size=2"]
 
 
 def config(*overrides: str) -> TokenizeConfig:
@@ -81,7 +81,7 @@ def test_books_share_shards_in_input_order(first_run, checkpoint):
     shard = [f"shards/encodec/{i:06d}.tar" for i in range(3)]
     assert [(b.id, b.chunks, b.frames, b.shards) for b in m.books] == [
         ("a", 4, 525, shard[:2]), ("b", 3, 375, shard[1:]), ("short", 1, 75, shard[2:])]
-    # a0 a1 | a2 a3 b0 | b1 b2 short0: each shard as full as ~8 KB allows
+    # a0 a1 | a2 a3 b0 | b1 b2 short0: each shard as full as ~9 KB allows
     assert [(s.path, s.books, s.samples, s.tokens) for s in m.shards] == [
         (shard[0], ["a"], 2, 1200), (shard[1], ["a", "b"], 3, 1500), (shard[2], ["b", "short"], 3, 1200)]
     assert all(s.sha256 == file_sha256(out / s.path) and s.bytes == (out / s.path).stat().st_size for s in m.shards)

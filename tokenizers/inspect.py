@@ -78,14 +78,19 @@ def _text(s: dict[str, Any]) -> str:
         f"tokens:    {s['folder']} ({s['format']})",
         f"tokenizer: {t['kind']} {t['bandwidth']:g} kbps, {t['n_codebooks']} codebooks x {t['codebook_size']} codes at "
         f"{t['frame_rate']:g} Hz, stream '{t['stream']}', config_hash {t['config_hash']}",
-        f"weights:   {w['mode']} from {w['source']}, sha256 {w['sha256']}",
+        f"weights:   {w['mode']} from {w['source']}, sha256 {w['sha256']}" + (f", kept in {w['file']}" if w.get("file") else ""),
         f"books:     {s['books']} ({s['hours']:.3f} h), {s['chunks']} chunks, {s['shards']} shards "
         f"({s['shard_bytes'] / 1e6:.2f} MB), {s['tokens']:,} tokens",
     ]
     sp = s["split"]
-    lines.append(f"split:     {sp['val_seconds']:.1f} s val, {sp['train_seconds']:.1f} s train: {sp['long_books']} books of "
-                 f">= {sp['long_book_seconds']:g} s hold out {sp['val_fraction']:.0%} centred at {sp['val_center']:.0%}; "
-                 f"{sp['short_held_out']} of {sp['short_books']} shorter recordings are held out whole "
+    rules = []
+    if sp["long_books"]:
+        one = sp["long_books"] == 1
+        rules.append(f"{sp['long_books']} {'book' if one else 'books'} of >= {sp['long_book_seconds']:g} s "
+                     f"{'holds' if one else 'hold'} out {sp['val_fraction']:.0%} centred at {sp['val_center']:.0%}")
+    if sp["short_books"]:
+        rules.append(f"{sp['short_held_out']} of {sp['short_books']} shorter recordings are held out whole")
+    lines.append(f"split:     {sp['val_seconds']:.1f} s val, {sp['train_seconds']:.1f} s train: {'; '.join(rules)} "
                  "(data.long_book_seconds, data.val_fraction, data.val_center)")
     books = s["per_book"]
     width = max((len(b["id"]) for b in books[:SHOWN]), default=0)

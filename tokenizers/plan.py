@@ -21,9 +21,9 @@ from narrator.tokenizers.config import ChunkingConfig
 
 PLAN_NAME = "plan.json"
 PLAN_FORMAT = "narrator-plan/1"
-# Tar cost of one sample beyond its codes: a 512-byte header and padding for each of its two
-# members (.npy and .json), the npy header and the json record.
-SAMPLE_OVERHEAD_BYTES = 1536
+# Tar cost of one sample beyond its codes: a 512-byte header for each of its two members, the
+# json record padded to 512, the 128-byte npy header and on average half a block of padding.
+SAMPLE_OVERHEAD_BYTES = 1920
 
 
 @dataclass

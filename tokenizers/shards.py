@@ -102,7 +102,8 @@ class ShardWriter:
         self.name = name or self.path.name  # what the record calls it (its path relative to the token folder)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._writer = wds.TarWriter(str(self._tmp))
+        # A fixed whole-second mtime: equal tokens give byte-identical shards, and no 1 KB PAX header per file.
+        self._writer = wds.TarWriter(str(self._tmp), mtime=0)
         self.samples = 0
         self.tokens = 0
 

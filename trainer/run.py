@@ -186,6 +186,8 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     # --num_processes 2` then gives 2-process CPU DDP (`--cpu --num_processes 2` starts one process).
     # A lone process must not ask for a backend: Accelerate would then expect a process group.
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not torch.cuda.is_available():  # what DeepSpeed would detect anyway, without its warning that it did
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if cfg.cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         raise ConfigError("cpu: true would silently drop the DeepSpeed launch (Accelerate runs DDP instead); "
                           "set cpu: false (on a machine without GPUs, with DS_ACCELERATOR=cpu)")
