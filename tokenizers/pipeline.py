@@ -252,13 +252,15 @@ def _encode(cfg: TokenizeConfig, out: Path, tokenizer: EncodecTokenizer, stream:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     writer: ShardWriter | None = None
     try:
-        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / cfg.ray.batch_size)).map_batches(
+        blocks = math.ceil(len(items) / cfg.ray.batch_size)
+        ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             ChunkEncoderActor,
             fn_constructor_kwargs=dict(encodec=to_dict(cfg.encodec), weights=[weights], identity=to_dict(tokenizer.weights_identity()),
                                        torch_threads=cfg.ray.torch_threads, device="cuda" if cfg.ray.num_gpus > 0 else "cpu"),
             batch_size=cfg.ray.batch_size, batch_format="numpy", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
             # One block (= one batch) in flight per actor: the first actor up must not queue every block.
-            compute=ray.data.ActorPoolStrategy(size=cfg.ray.concurrency, max_tasks_in_flight_per_actor=1))
+            # No more actors than blocks: an idle actor still builds its model (and Ray Data warns).
+            compute=ray.data.ActorPoolStrategy(size=min(cfg.ray.concurrency, blocks), max_tasks_in_flight_per_actor=1))
         bar = tqdm(total=len(items), unit="chunk", desc="tokenize", dynamic_ncols=True)
         seconds = 0.0
         with drop_stderr_lines(RAY_ACTOR_RESTART_NOTICE):
