@@ -18,7 +18,7 @@ import numpy as np
 
 from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import build_train_loader, build_val_loader
-from narrator.tokenizers.manifest import BookEntry, Manifest, ShardEntry, TokenizerInfo, WeightsIdentity
+from narrator.tokenizers.manifest import ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity
 from narrator.tokenizers.shards import ChunkRecord, ShardWriter
 
 FRAME_RATE = 75
@@ -26,20 +26,21 @@ FRAME_RATE = 75
 
 def write_synthetic(out: Path, chunks: int, seconds: float, codebooks: int, chunks_per_shard: int = 64) -> Manifest:
     """One book of `chunks` chunks of random codes, in shards of `chunks_per_shard` (consecutive slices of it)."""
-    tok = TokenizerInfo(kind="encodec", stream="encodec", sample_rate=24000, frame_rate=FRAME_RATE, bandwidth=3.0,
-                        n_codebooks=codebooks, codebook_size=1024, config={}, config_hash="synthetic",
-                        weights=WeightsIdentity(mode="random", source="synthetic", sha256="0"))
-    manifest, rng, frames = Manifest(tokenizer=tok), np.random.default_rng(0), round(seconds * FRAME_RATE)
+    tok = StreamInfo(name=ACOUSTIC, kind="encodec", sample_rate=24000, frame_rate=FRAME_RATE, n_codebooks=codebooks,
+                     codebook_size=1024, config={}, config_hash="synthetic",
+                     weights=WeightsIdentity(mode="random", source="synthetic", sha256="0"), bandwidth=3.0)
+    manifest, rng, frames = Manifest(streams=[tok]), np.random.default_rng(0), round(seconds * FRAME_RATE)
     for part, first in enumerate(range(0, chunks, chunks_per_shard)):
-        path = f"shards/book-{part:05d}.tar"
+        path = f"shards/{ACOUSTIC}/{part:06d}.tar"
         with ShardWriter(out / path) as writer:
             for c in range(first, min(first + chunks_per_shard, chunks)):
-                writer.write(ChunkRecord("book", c, c * seconds, (c + 1) * seconds, frames, "encodec"),
+                writer.write(ChunkRecord("book", c, c * seconds, (c + 1) * seconds, frames, ACOUSTIC),
                              rng.integers(0, 1024, (codebooks, frames), dtype=np.int16))
             shard = writer.close()
-        manifest.shards.append(ShardEntry(path, ["book"], shard.samples, shard.tokens, shard.bytes, shard.sha256))
-    manifest.books.append(BookEntry("book", "synthetic", chunks * seconds, chunks * frames, chunks,
-                                    [s.path for s in manifest.shards]))
+        manifest.shards.append(ShardEntry(part, ["book"], shard.samples,
+                                          {ACOUSTIC: ShardFile(path, shard.tokens, shard.bytes, shard.sha256)}))
+    manifest.books.append(BookEntry("book", "synthetic", chunks * seconds, round(chunks * seconds / 0.04), chunks,
+                                    [s.index for s in manifest.shards]))
     manifest.save(out / "manifest.json")
     return manifest
 

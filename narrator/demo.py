@@ -92,7 +92,7 @@ def run_demo(cfg: DemoConfig) -> None:
 
     minutes = (time.time() - started) / 60
     outputs = [(book, "the sample book (24 kHz mono)"),
-               (f"{tokens}/", f"shards/encodec/*.tar, plan.json, manifest.json (see `narrator inspect {tokens}`)"),
+               (f"{tokens}/", f"shards/acoustic/*.tar, plan.json, manifest.json (see `narrator inspect {tokens}`)"),
                (f"{train}/", "metrics.jsonl, train_loss.png, val_loss.png, checkpoints/"),
                (sample, f"{cfg.prompt_seconds:g} s prompt + {cfg.generate_seconds:g} s continuation")]
     width = max(len(str(path)) for path, _ in outputs)

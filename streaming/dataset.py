@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.layout import Layout, make_layout
-from narrator.streaming.split import split_chunk, val_frames
-from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
+from narrator.streaming.split import held_out_slots, split_chunk
+from narrator.tokenizers.manifest import ACOUSTIC, MANIFEST_NAME, Manifest, StreamInfo
 from narrator.tokenizers.shards import ChunkRecord, decode_npy
 
 REMOTE_SCHEMES = ("http", "https")  # opened by webdataset's gopen with curl (no shell)
@@ -39,24 +39,28 @@ REMOTE_SCHEMES = ("http", "https")  # opened by webdataset's gopen with curl (no
 
 def data_vocab(cfg: DataConfig, manifest: Manifest) -> tuple[Layout, int]:
     """The layout this data is read with and its vocabulary size (codes + boundary token), for checking a model."""
-    tok = manifest.tokenizer
+    tok = manifest.stream(ACOUSTIC)
     layout = make_layout(cfg.layout, tok.n_codebooks, tok.codebook_size, cfg.shared_vocab)
     return layout, layout.vocab_size
 
 
-def shard_urls(manifest: Manifest, manifest_dir: Path) -> list[str]:
-    """The manifest's shards as paths or URLs to open, refusing missing, truncated or unsafe ones.
+def shard_urls(manifest: Manifest, manifest_dir: Path, stream: str) -> list[str]:
+    """One stream's shards, in plan order, as paths or URLs to open, refusing missing, truncated or unsafe ones.
 
     Local shards are checked against the manifest's byte counts here; http(s) shards only when read.
     """
     where = Path(manifest_dir) / MANIFEST_NAME
     if manifest.pending:
-        raise NarratorError(f"{where}: tokenization is incomplete ({len(manifest.pending)} shards pending); "
+        raise NarratorError(f"{where}: tokenization is incomplete ({len(manifest.pending)} shard files pending); "
                             "rerun narrator tokenize")
     if not manifest.shards:
         raise NarratorError(f"{where}: the manifest lists no shards")
     urls = []
-    for entry in manifest.shards:
+    for shard in manifest.shards:
+        if stream not in shard.files:
+            raise NarratorError(f"{where}: shard {shard.index} has no {stream!r} file (streams there: "
+                                f"{', '.join(shard.files) or 'none'}); tokenize that stream first")
+        entry = shard.files[stream]
         scheme = urlparse(entry.path).scheme
         if entry.path.startswith("pipe:"):
             raise NarratorError(f"{where}: shard {entry.path!r} is a pipe: URL; "
@@ -129,19 +133,21 @@ class TokenShards:
     stream: str
     frame_rate: float
     layout: Layout
-    val_frames: dict[str, tuple[int, int]]  # book id -> its held-out frames [start, end)
+    val_frames: dict[str, tuple[int, int]]  # book id -> its held-out frames [start, end) of this stream
 
     @classmethod
     def open(cls, cfg: DataConfig, manifest: Manifest, manifest_dir: Path) -> "TokenShards":
         layout, _ = data_vocab(cfg, manifest)
+        info = manifest.stream(ACOUSTIC, Path(manifest_dir) / MANIFEST_NAME)
         return cls(
             where=str(Path(manifest_dir) / MANIFEST_NAME),
-            urls=shard_urls(manifest, manifest_dir),
+            urls=shard_urls(manifest, manifest_dir, ACOUSTIC),
             shard_samples=[s.samples for s in manifest.shards],
-            stream=manifest.tokenizer.stream,
-            frame_rate=manifest.tokenizer.frame_rate,
+            stream=ACOUSTIC,
+            frame_rate=info.frame_rate,
             layout=layout,
-            val_frames=val_frames(manifest.books, cfg),
+            val_frames={book: (a * info.frames_per_slot, b * info.frames_per_slot)
+                        for book, (a, b) in held_out_slots(manifest.books, cfg).items()},
         )
 
     def stride(self, block_size: int) -> int:

@@ -3,8 +3,9 @@
 A time window (not whole chunks or books) keeps validation in-domain for every speaker of a long
 book while the model never trains on a frame inside it. A window in the middle of a 3 s clip
 would leave two scraps, so short recordings are held out whole instead, chosen by a stable hash
-of their id (the same on every machine and every run). Both are a held-out frame range per book,
-so one code path cuts chunks. Frames are absolute positions in the book.
+of their id (the same on every machine and every run). Both are a held-out range of 40 ms slots
+per book, the same stretch of time for every token stream (a slot is 3 EnCodec frames, 2 Whisper
+frames), so one code path cuts chunks. Frames are absolute positions in the book.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def id_hash(book_id: str) -> float:
     return int(hashlib.sha256(book_id.encode()).hexdigest()[:16], 16) / 2**64
 
 
-def val_frames(books: Sequence[BookEntry], cfg: DataConfig) -> dict[str, tuple[int, int]]:
-    """Each book's held-out frames [start, end): a mid-book window, the whole recording, or (0, 0).
+def held_out_slots(books: Sequence[BookEntry], cfg: DataConfig) -> dict[str, tuple[int, int]]:
+    """Each book's held-out slots [start, end): a mid-book window, the whole recording, or (0, 0).
 
     Books of at least `cfg.long_book_seconds` get `val_window`. Shorter recordings are held out
     whole when id_hash < val_fraction; if that picks none of two or more, the one with the smallest
@@ -66,8 +67,8 @@ def val_frames(books: Sequence[BookEntry], cfg: DataConfig) -> dict[str, tuple[i
         held = {short[0].id}
     if not long and len(short) == 1:
         long, short = short, []
-    windows = {b.id: val_window(b.frames, cfg.val_center, cfg.val_fraction) for b in long}
-    windows.update({b.id: (0, b.frames) if b.id in held else (0, 0) for b in short})
+    windows = {b.id: val_window(b.slots, cfg.val_center, cfg.val_fraction) for b in long}
+    windows.update({b.id: (0, b.slots) if b.id in held else (0, 0) for b in short})
     return windows
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from narrator.tokenizers.manifest import BookEntry, Manifest, ShardEntry, TokenizerInfo, WeightsIdentity
+from narrator.tokenizers.manifest import ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity
 from narrator.tokenizers.shards import ChunkRecord, ShardWriter
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"  # <repo>/../shared/audio
@@ -51,21 +51,22 @@ def make_token_folder(out: str | Path, books: int = 2, seconds: float | Sequence
     out = Path(out)
     frame_rate = 75
     durations = [float(seconds)] * books if isinstance(seconds, (int, float)) else [float(s) for s in seconds]
-    info = TokenizerInfo(kind="encodec", stream="encodec", sample_rate=24000, frame_rate=float(frame_rate),
-                         bandwidth={2: 1.5, 4: 3.0, 8: 6.0}.get(n_codebooks, 3.0), n_codebooks=n_codebooks,
-                         codebook_size=1024, config={"test": True}, config_hash="test-tokens",
-                         weights=WeightsIdentity(mode="random", source="random-init seed=0", sha256="0" * 64, seed=0))
-    manifest = Manifest(tokenizer=info)
+    info = StreamInfo(name=ACOUSTIC, kind="encodec", sample_rate=24000, frame_rate=float(frame_rate),
+                      n_codebooks=n_codebooks, codebook_size=1024, config={"test": True}, config_hash="test-tokens",
+                      weights=WeightsIdentity(mode="random", source="random-init seed=0", sha256="0" * 64, seed=0),
+                      bandwidth={2: 1.5, 4: 3.0, 8: 6.0}.get(n_codebooks, 3.0))
+    manifest = Manifest(streams=[info])
     rng = np.random.default_rng(seed)
     chunk_frames = round(chunk_seconds * frame_rate)
     plan = []  # (book index, chunk, first frame, frames), in plan order
     for b, duration in enumerate(durations):
-        total = max(1, round(duration * frame_rate))
+        slots = max(1, round(duration / 0.04))  # books are whole 40 ms slots of 3 frames
+        total = 3 * slots
         plan += [(b, c, first, min(chunk_frames, total - first)) for c, first in enumerate(range(0, total, chunk_frames))]
-        manifest.books.append(BookEntry(f"book{b}", f"book{b}.wav", total / frame_rate, total,
+        manifest.books.append(BookEntry(f"book{b}", f"book{b}.wav", total / frame_rate, slots,
                                         len(range(0, total, chunk_frames)), []))
     for part, first_sample in enumerate(range(0, len(plan), samples_per_shard)):
-        path, names = f"shards/shard-{part:06d}.tar", []
+        path, names = f"shards/{ACOUSTIC}/{part:06d}.tar", []
         with ShardWriter(out / path) as writer:
             for b, c, first, frames in plan[first_sample : first_sample + samples_per_shard]:
                 book = manifest.books[b]
@@ -75,12 +76,13 @@ def make_token_folder(out: str | Path, books: int = 2, seconds: float | Sequence
                     at = np.arange(first, first + frames)
                     chunk_codes = np.stack([at % 1024, at // 1024, np.full_like(at, b), np.full_like(at, c)][:n_codebooks])
                 writer.write(ChunkRecord(book.id, c, first / frame_rate, (first + frames) / frame_rate, frames,
-                                         "encodec"), chunk_codes)
+                                         ACOUSTIC), chunk_codes)
                 if book.id not in names:
                     names.append(book.id)
-                    book.shards.append(path)
+                    book.shards.append(part)
             shard = writer.close()
-        manifest.shards.append(ShardEntry(path, names, shard.samples, shard.tokens, shard.bytes, shard.sha256))
+        manifest.shards.append(ShardEntry(part, names, shard.samples,
+                                          {ACOUSTIC: ShardFile(path, shard.tokens, shard.bytes, shard.sha256)}))
     manifest.save(out / "manifest.json")
     return out
 

@@ -51,7 +51,7 @@ def test_generate_refuses_a_checkpoint_whose_boundary_token_differs(token_folder
     model = accelerator.prepare(GPT(config))
     state = TrainerState(1, 64, 1, "cfg", "test-tokens", "flat", False, boundary_token=4096)
     train_cfg = TrainConfig(data=DataConfig(manifest=str(token_folder)))
-    path = save_checkpoint(accelerator, model, tmp_path / "run", state, manifest.tokenizer, train_cfg, keep=1)
+    path = save_checkpoint(accelerator, model, tmp_path / "run", state, manifest.streams, train_cfg, keep=1)
     saved = json.loads((path / "trainer_state.json").read_text())
     (path / "trainer_state.json").write_text(json.dumps({**saved, "boundary_token": 5}))
     with pytest.raises(NarratorError) as e:

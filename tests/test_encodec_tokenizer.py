@@ -15,7 +15,7 @@ from narrator.tokenizers.audio import n_samples
 from narrator.tokenizers.chunking import plan_chunks
 from narrator.tokenizers.config import ChunkingConfig, EncodecConfig, TokenizeConfig, WeightsConfig
 from narrator.tokenizers.encodec import (EncodecTokenizer, load_tokenizer, random_weights_name, state_dict_sha256,
-                                         synthetic_speech, token_config_hash, tokenizer_info)
+                                         stream_info, synthetic_speech, token_config_hash)
 
 
 def random_cfg(seed: int = 0, bandwidth: float = 3.0) -> EncodecConfig:
@@ -69,7 +69,7 @@ def test_random_weights_are_loaded_from_their_folder_never_rebuilt(tmp_path, mon
     tokenizer = EncodecTokenizer(random_cfg(seed=3))
     tokenizer.save_weights(tmp_path / random_weights_name(3))
     tcfg = TokenizeConfig(encodec=random_cfg(seed=3))
-    info = tokenizer_info(tcfg, tokenizer=tokenizer)
+    info = stream_info(tcfg, tokenizer=tokenizer)
 
     def rebuild(seed):
         raise AssertionError("random weights were rebuilt")
@@ -126,7 +126,7 @@ def test_local_checkpoint_loads_exactly_those_weights(tokenizer, checkpoint):
 def test_load_tokenizer_rebuilds_and_checks_the_weights(checkpoint, tmp_path):
     tcfg = TokenizeConfig()
     tcfg.encodec.weights = WeightsConfig(mode="pretrained", checkpoint=str(checkpoint))
-    info = tokenizer_info(tcfg)
+    info = stream_info(tcfg)
     assert load_tokenizer(info).weights_identity() == info.weights
     moved = shutil.copy(checkpoint, tmp_path / "moved.pt")
     assert load_tokenizer(info, checkpoint=str(moved)).weights_identity().sha256 == info.weights.sha256

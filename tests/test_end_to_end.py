@@ -35,7 +35,7 @@ def test_book_to_tokens_to_model_to_wav(tmp_path, ray_local, capsys):
     manifest = Manifest.load(tokens)
     assert [b.chunks for b in manifest.books] == [6]
     assert len(manifest.shards) == 3 and manifest.total_tokens == 24 * 75 * 4
-    weights = manifest.tokenizer.weights
+    weights = manifest.stream("acoustic").weights
     assert (weights.mode, weights.file) == ("random", "encodec_random_seed0.safetensors")
 
     # Train in a separate process, kill it hard after its first checkpoint, then resume.

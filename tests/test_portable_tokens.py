@@ -28,7 +28,7 @@ encodec._random_model = rebuild
 from narrator.cli import main
 from narrator.tokenizers.manifest import Manifest
 status = main(sys.argv[2:])
-tokenizer = encodec.load_tokenizer(Manifest.load(sys.argv[1]).tokenizer, weights_dirs=[sys.argv[1]])
+tokenizer = encodec.load_tokenizer(Manifest.load(sys.argv[1]).stream("acoustic"), weights_dirs=[sys.argv[1]])
 print("threads", torch.get_num_threads(), "sha256", tokenizer.weights_identity().sha256)
 sys.exit(status)
 """
@@ -59,8 +59,9 @@ def test_tokens_resume_and_decode_in_a_process_with_other_thread_settings(tmp_pa
     m = Manifest.load(out)
     assert [(b.id, b.duration_s, b.chunks) for b in m.books] == [("84-121123-0000", 5.0, 1), ("p225_001", 20.0, 1)]
     weights = out / random_weights_name(0)
-    assert m.tokenizer.weights.file == weights.name
-    made = (sha256(weights), m.tokenizer.weights.sha256, [(s.path, s.sha256) for s in m.shards])
+    acoustic = m.stream("acoustic")
+    assert acoustic.weights.file == weights.name
+    made = (sha256(weights), acoustic.weights.sha256, [(f.path, f.sha256) for s in m.shards for f in s.files.values()])
 
     second = subprocess.run([sys.executable, "-c", OTHER_PROCESS, str(out), *tokenize, str(utterance), str(clip), str(later)],
                             env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=300)
@@ -68,6 +69,6 @@ def test_tokens_resume_and_decode_in_a_process_with_other_thread_settings(tmp_pa
     assert error_looking(second.stdout + second.stderr) == []  # one chunk for two actors: no Ray warning either
     assert f"threads 2 sha256 {made[1]}" in second.stdout
     m = Manifest.load(out)
-    assert (sha256(weights), m.tokenizer.weights.sha256) == made[:2]
-    assert [(s.path, s.sha256) for s in m.shards][: len(made[2])] == made[2]  # finished shards untouched
+    assert (sha256(weights), m.stream("acoustic").weights.sha256) == made[:2]
+    assert [(f.path, f.sha256) for s in m.shards for f in s.files.values()][: len(made[2])] == made[2]  # finished shards untouched
     assert [b.id for b in m.books] == ["84-121123-0000", "p225_001", "84-121123-0001"]

@@ -35,9 +35,10 @@ def test_a_corpus_of_short_recordings(tmp_path, ray_local, speech_wav, capsys):
     report = tokenize(cfg, out, [str(catalog)])
     m = Manifest.load(out)
     assert report.failed == [] and len(m.books) == 202 and sum(b.chunks for b in m.books) == 200 + 2 * 3
-    assert 4 <= len(m.shards) <= 6, [s.path for s in m.shards]  # not 202
-    assert all(s.bytes < 0.3e6 for s in m.shards) and max(len(s.books) for s in m.shards) > 30
-    mtimes = {s.path: (out / s.path).stat().st_mtime_ns for s in m.shards}
+    files = [s.files["acoustic"] for s in m.shards]
+    assert 4 <= len(m.shards) <= 6, [f.path for f in files]  # not 202
+    assert all(f.bytes < 0.3e6 for f in files) and max(len(s.books) for s in m.shards) > 30
+    mtimes = {f.path: (out / f.path).stat().st_mtime_ns for f in files}
 
     again = tokenize(cfg, out, [str(catalog)])
     assert (again.added, again.shards_written, again.chunks_encoded) == ([], 0, 0)
@@ -45,12 +46,12 @@ def test_a_corpus_of_short_recordings(tmp_path, ray_local, speech_wav, capsys):
     more = tokenize(cfg, out, [str(p) for p in clips[200:]])
     assert more.added == [p.stem for p in clips[200:]] and more.shards_written == 1
     m = Manifest.load(out)
-    assert {s.path: (out / s.path).stat().st_mtime_ns for s in m.shards if s.path in mtimes} == mtimes
+    assert {f.path: (out / f.path).stat().st_mtime_ns for s in m.shards for f in s.files.values() if f.path in mtimes} == mtimes
     assert len(m.books) == 212 and m.shards[-1].books == more.added
 
     text = inspect_tokens(out)
     assert f"books:     212 ({sum(b.duration_s for b in m.books) / 3600:.3f} h)" in text
-    assert f"shards:    {len(m.shards)} written, 0 pending" in text and " MB " in text
+    assert f"shards:    {len(m.shards)} written, 0 pending" in text and "shards/acoustic/000006.tar 0.06 MB" in text
     assert "2 books of >= 60 s hold out 5%" in text and "shorter recordings are held out whole" in text
 
     data = DataConfig(manifest=str(out))

@@ -20,8 +20,8 @@ from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import (TokenShards, TrainWindows, build_train_loader, build_val_loader, data_vocab,
                                         shard_urls, slot_plan, window_coverage)
 from narrator.streaming.layout import FlatLayout
-from narrator.streaming.split import val_frames
-from narrator.tokenizers.manifest import Manifest
+from narrator.streaming.split import held_out_slots
+from narrator.tokenizers.manifest import ACOUSTIC, Manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_token_folder  # noqa: E402
@@ -90,11 +90,11 @@ def cfg(**kw) -> DataConfig:
 
 def held_out(manifest: Manifest) -> dict[int, tuple[int, int]]:
     """Book index -> its held-out frames, as the loaders get them."""
-    return {int(book[4:]): window for book, window in val_frames(manifest.books, cfg()).items()}
+    return {int(book[4:]): (3 * a, 3 * b) for book, (a, b) in held_out_slots(manifest.books, cfg()).items()}
 
 
 def all_frames(manifest: Manifest) -> set[tuple[int, int]]:
-    return {(int(b.id[4:]), f) for b in manifest.books for f in range(b.frames)}
+    return {(int(b.id[4:]), f) for b in manifest.books for f in range(3 * b.slots)}
 
 
 def val_set(manifest: Manifest) -> set[tuple[int, int]]:
@@ -112,11 +112,11 @@ def test_data_vocab_is_the_codes_plus_one_boundary_token(folder):
 def test_the_fixture_has_long_books_short_recordings_and_both_splits(folder):
     _, manifest = folder
     windows = held_out(manifest)
-    assert 0 < windows[0][0] < windows[0][1] < manifest.books[0].frames  # long: a mid-book window
-    assert 0 < windows[1][0] < windows[1][1] < manifest.books[1].frames
+    assert 0 < windows[0][0] < windows[0][1] < 3 * manifest.books[0].slots  # long: a mid-book window
+    assert 0 < windows[1][0] < windows[1][1] < 3 * manifest.books[1].slots
     short = {b: windows[b] for b in range(2, len(BOOKS))}
     assert any(w == (0, 0) for w in short.values()) and any(w[0] == 0 and w[1] > 0 for w in short.values())
-    assert all(w in ((0, 0), (0, manifest.books[b].frames)) for b, w in short.items())  # short: all or nothing
+    assert all(w in ((0, 0), (0, 3 * manifest.books[b].slots)) for b, w in short.items())  # short: all or nothing
 
 
 def test_train_batches_never_touch_a_held_out_frame(folder):
@@ -212,8 +212,8 @@ def test_block_2048_uses_99_percent_of_200_short_recordings_and_two_long_books(t
     shards = TokenShards.open(data, manifest, tmp_path)
     held = shards.val_frames
     short = [b for b in manifest.books if b.duration_s < 60]
-    assert 0 < sum(held[b.id] == (0, b.frames) for b in short) < 30
-    assert all(0 < held[b.id][0] < held[b.id][1] < b.frames for b in manifest.books if b.duration_s >= 60)
+    assert 0 < sum(held[b.id] == (0, 3 * b.slots) for b in short) < 30
+    assert all(0 < held[b.id][0] < held[b.id][1] < 3 * b.slots for b in manifest.books if b.duration_s >= 60)
     for workers in (1, 4):  # gpu16gb.yaml runs 4 workers
         coverage = window_coverage(shards, 2048, epoch=0, workers=workers, seed=1)
         print(f"\nblock 2048, {workers} worker(s): {coverage.share:.2%} of {coverage.tokens:,} training tokens "
@@ -277,7 +277,7 @@ def test_val_windows_are_shared_between_ranks(folder):
 
 def test_no_window_fits_is_an_error_not_a_hang(folder):
     shards = TokenShards.open(cfg(), folder[1], folder[0])
-    too_long = 4 * sum(b.frames for b in folder[1].books)
+    too_long = 4 * sum(3 * b.slots for b in folder[1].books)
     with deadline(60), pytest.raises(NarratorError, match="fill no window"):
         next(iter(TrainWindows(shards, too_long, 0, 1, workers=1, seed=0, shuffle_buffer=8)))
     with pytest.raises(NarratorError, match="fill no validation window"):
@@ -306,26 +306,26 @@ def test_incomplete_tokenization_is_refused(tmp_path):
     for build in (build_train_loader, build_val_loader):
         with pytest.raises(NarratorError) as e:
             build(cfg(), manifest, tmp_path, BLOCK, 4, 0, 1, **({"seed": 0} if build is build_train_loader else {}))
-        assert one_line(e) == (f"{tmp_path / 'manifest.json'}: tokenization is incomplete (2 shards pending); "
+        assert one_line(e) == (f"{tmp_path / 'manifest.json'}: tokenization is incomplete (2 shard files pending); "
                                "rerun narrator tokenize")
 
 
 def test_missing_or_truncated_shard_is_named(tmp_path):
     manifest = write_tokens(tmp_path, [6.0])
-    shard = tmp_path / manifest.shards[0].path
+    shard = tmp_path / manifest.shards[0].files[ACOUSTIC].path
     shard.write_bytes(shard.read_bytes()[:-1000])
     with pytest.raises(NarratorError, match="truncated") as e:
         build_train_loader(cfg(), manifest, tmp_path, BLOCK, 4, 0, 1, seed=0)
     assert str(shard) in one_line(e)
     shard.unlink()
     with pytest.raises(NarratorError, match="missing") as e:
-        shard_urls(manifest, tmp_path)
+        shard_urls(manifest, tmp_path, ACOUSTIC)
     assert str(shard) in one_line(e)
 
 
 def test_corrupt_shard_while_streaming_is_one_line_naming_it(tmp_path):
     manifest = write_tokens(tmp_path, [6.0])
-    shard = tmp_path / manifest.shards[0].path
+    shard = tmp_path / manifest.shards[0].files[ACOUSTIC].path
     data = bytearray(shard.read_bytes())
     data[:512] = b"\x07" * 512  # same size, so only reading it finds the damage
     shard.write_bytes(bytes(data))
@@ -338,12 +338,12 @@ def test_corrupt_shard_while_streaming_is_one_line_naming_it(tmp_path):
 def test_pipe_and_unknown_urls_are_refused(tmp_path):
     manifest = write_tokens(tmp_path, [4.0])
     marker = tmp_path / "ran"
-    manifest.shards[0].path = f"pipe:touch {marker}"
+    manifest.shards[0].files[ACOUSTIC].path = f"pipe:touch {marker}"
     with pytest.raises(NarratorError, match="pipe: URL") as e:
         build_train_loader(cfg(), manifest, tmp_path, BLOCK, 4, 0, 1, seed=0)
     assert str(tmp_path / "manifest.json") in one_line(e) and not marker.exists()
-    manifest.shards[0].path = "s3://bucket/x.tar"
+    manifest.shards[0].files[ACOUSTIC].path = "s3://bucket/x.tar"
     with pytest.raises(NarratorError, match="unsupported URL scheme"):
-        shard_urls(manifest, tmp_path)
-    manifest.shards[0].path = "https://example.org/x.tar"  # remote shards pass through, checked when read
-    assert shard_urls(manifest, tmp_path)[0] == "https://example.org/x.tar"
+        shard_urls(manifest, tmp_path, ACOUSTIC)
+    manifest.shards[0].files[ACOUSTIC].path = "https://example.org/x.tar"  # remote shards pass through, checked when read
+    assert shard_urls(manifest, tmp_path, ACOUSTIC)[0] == "https://example.org/x.tar"

@@ -57,17 +57,17 @@ def test_trains_on_a_token_folder(token_folder, tmp_path, capsys):
     assert [p.name for p in list_checkpoints(out)] == ["step_0000010", "step_0000020"]  # keep_checkpoints: 2
     last = latest_checkpoint(out)
     assert {p.name for p in last.iterdir()} == {"accelerate", "model.safetensors", "model_config.json",
-                                                "trainer_state.json", "tokenizer.json", "config.yaml"}
+                                                "trainer_state.json", "streams.json", "config.yaml"}
     assert read_state(last) == TrainerState(step=20, tokens_seen=20 * TOKENS_PER_STEP, world_size=1,
                                             config_hash=read_state(last).config_hash,
                                             tokenizer_config_hash="test-tokens", layout="flat", shared_vocab=False,
                                             boundary_token=4096)
     assert "lm_head.weight" not in load_file(last / "model.safetensors")  # the tied weight is stored once
     assert load_config(TrainConfig, out / "config.yaml").model.vocab_size == 4097  # 4 x 1024 codes + boundary
-    assert json.loads((out / "tokenizer.json").read_text())["config_hash"] == "test-tokens"
+    assert json.loads((out / "streams.json").read_text())[0]["config_hash"] == "test-tokens"
 
     model, config, meta = load_for_inference(out)
-    assert meta.path == last and meta.state.step == 20 and meta.tokenizer.n_codebooks == 4
+    assert meta.path == last and meta.state.step == 20 and meta.stream().n_codebooks == 4
     assert model.transformer.wte.weight is model.lm_head.weight and not model.training
     assert config.vocab_size == 4097 and config.block_size == 64
     assert model.generate(torch.zeros(1, 4, dtype=torch.long), 8).shape == (1, 12)
@@ -153,7 +153,7 @@ def test_resume_restores_weights_and_optimizer_state(token_folder, tmp_path):
         optimizer.step()
         optimizer.zero_grad()
     state = TrainerState(3, 3 * 128, 1, "cfg", "test-tokens", "flat", False, boundary_token=4096)
-    path = save_checkpoint(accelerator, model, tmp_path / "run", state, manifest.tokenizer, cfg, keep=1)
+    path = save_checkpoint(accelerator, model, tmp_path / "run", state, manifest.streams, cfg, keep=1)
 
     accelerator2, model2, optimizer2 = prepared(1)
     with pytest.raises(NarratorError) as e:  # the same tokens read with another boundary id (shared_vocab)
@@ -194,12 +194,12 @@ def test_resume_refuses_other_tokens_and_resume_never_refuses_old_checkpoints(to
 
     other = shutil.copytree(token_folder, tmp_path / "other-tokens")  # the same codes, made another way
     manifest = Manifest.load(other)
-    manifest.tokenizer.config_hash = "other-tokens"
+    manifest.streams[0].config_hash = "other-tokens"
     manifest.save(other / "manifest.json")
     assert train(other, out, "max_steps=4") == 1
     [line] = error_lines(capsys.readouterr().err)
     assert "tokenizer config_hash test-tokens" in line and "other-tokens" in line
-    assert json.loads((out / "tokenizer.json").read_text())["config_hash"] == "test-tokens"  # left as it was
+    assert json.loads((out / "streams.json").read_text())[0]["config_hash"] == "test-tokens"  # left as it was
 
     assert train(token_folder, tmp_path / "elsewhere", resume=str(tmp_path / "missing")) == 1
     assert "resume path" in error_lines(capsys.readouterr().err)[0]

@@ -23,7 +23,7 @@ from narrator.errors import NarratorError
 from narrator.tokenizers.audio import n_samples
 from narrator.tokenizers.chunking import ChunkSpec
 from narrator.tokenizers.config import SAMPLE_RATE, EncodecConfig, TokenizeConfig
-from narrator.tokenizers.manifest import TokenizerInfo, WeightsIdentity
+from narrator.tokenizers.manifest import ACOUSTIC, StreamInfo, WeightsIdentity
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # encodec imports torchaudio, which warns about its own deprecations
@@ -33,6 +33,7 @@ with warnings.catch_warnings():
 log = logging.getLogger(__name__)
 
 PRETRAINED_URL = ROOT_URL + "encodec_24khz-d7cc33bc.th"
+STREAM = ACOUSTIC  # the stream EnCodec codes are stored as: shards/acoustic/, "<key>.acoustic.npy"
 _FILL_SECONDS = 14.4  # calibration signal for random-mode codebooks: 1080 encoder frames >= 1024 codes
 
 
@@ -169,13 +170,13 @@ def token_config_hash(tcfg: TokenizeConfig) -> str:
     return config_hash(config)
 
 
-def tokenizer_info(tcfg: TokenizeConfig, stream: str = "encodec", tokenizer: EncodecTokenizer | None = None) -> TokenizerInfo:
-    """What a manifest records about the tokenizer; builds it unless `tokenizer` is given."""
+def stream_info(tcfg: TokenizeConfig, tokenizer: EncodecTokenizer | None = None) -> StreamInfo:
+    """What a manifest records about the acoustic stream; builds the tokenizer unless it is given."""
     tokenizer = tokenizer or EncodecTokenizer(tcfg.encodec)
-    return TokenizerInfo(
-        kind="encodec", stream=stream, sample_rate=SAMPLE_RATE, frame_rate=float(tokenizer.frame_rate),
-        bandwidth=tcfg.encodec.bandwidth, n_codebooks=tokenizer.n_codebooks, codebook_size=tokenizer.codebook_size,
-        config=token_config(tcfg), config_hash=token_config_hash(tcfg), weights=tokenizer.weights_identity(),
+    return StreamInfo(
+        name=STREAM, kind="encodec", sample_rate=SAMPLE_RATE, frame_rate=float(tokenizer.frame_rate),
+        n_codebooks=tokenizer.n_codebooks, codebook_size=tokenizer.codebook_size, config=token_config(tcfg),
+        config_hash=token_config_hash(tcfg), weights=tokenizer.weights_identity(), bandwidth=tcfg.encodec.bandwidth,
     )
 
 
@@ -184,7 +185,7 @@ def random_weights_name(seed: int) -> str:
     return f"encodec_random_seed{seed}.safetensors"
 
 
-def load_tokenizer(info: TokenizerInfo, device: str | torch.device = "cpu", checkpoint: str | None = None,
+def load_tokenizer(info: StreamInfo, device: str | torch.device = "cpu", checkpoint: str | None = None,
                    weights_dirs: Sequence[str | Path] = ()) -> EncodecTokenizer:
     """Rebuild the tokenizer a manifest was made with and refuse it if the weights are not the same.
 

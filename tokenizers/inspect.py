@@ -11,8 +11,8 @@ from typing import Any
 
 from narrator.config import to_dict
 from narrator.streaming.config import DataConfig
-from narrator.streaming.split import val_frames
-from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
+from narrator.streaming.split import held_out_slots
+from narrator.tokenizers.manifest import MANIFEST_NAME, SLOT_SECONDS, Manifest
 
 
 def inspect_tokens(path: str | Path, as_json: bool = False, data: DataConfig | None = None) -> str:
@@ -29,19 +29,20 @@ SHOWN = 20  # books and shards listed one per line in the text summary; the JSON
 
 def _val_seconds(m: Manifest, data: DataConfig) -> dict[str, tuple[float, float]]:
     """Each book's held-out stretch in seconds ((0, 0) for a recording that is all training)."""
-    rate = m.tokenizer.frame_rate
-    return {book: (start / rate, end / rate) for book, (start, end) in val_frames(m.books, data).items()}
+    return {book: (start * SLOT_SECONDS, end * SLOT_SECONDS) for book, (start, end) in held_out_slots(m.books, data).items()}
 
 
 def _summary(root: Path, m: Manifest, data: DataConfig) -> dict[str, Any]:
     problems = []
     for shard in m.shards:
-        file = root / shard.path
-        if not file.is_file():
-            problems.append({"path": shard.path, "problem": "missing"})
-        elif file.stat().st_size != shard.bytes:
-            problems.append({"path": shard.path, "problem": f"size {file.stat().st_size} bytes, manifest says {shard.bytes} (truncated or rewritten)"})
-    t = m.tokenizer
+        for file in shard.files.values():
+            path = root / file.path
+            if not path.is_file():
+                problems.append({"path": file.path, "problem": "missing"})
+            elif path.stat().st_size != file.bytes:
+                problems.append({"path": file.path, "problem": f"size {path.stat().st_size} bytes, manifest says "
+                                 f"{file.bytes} (truncated or rewritten)"})
+    hours = sum(b.duration_s for b in m.books) / 3600
     val = _val_seconds(m, data)
     val_total = sum(end - start for start, end in val.values())
     long_books = sum(b.duration_s >= data.long_book_seconds for b in m.books)
@@ -49,15 +50,16 @@ def _summary(root: Path, m: Manifest, data: DataConfig) -> dict[str, Any]:
     return {
         "folder": str(root / MANIFEST_NAME),
         "format": m.format,
-        "tokenizer": {"kind": t.kind, "stream": t.stream, "bandwidth": t.bandwidth, "n_codebooks": t.n_codebooks,
-                      "codebook_size": t.codebook_size, "frame_rate": t.frame_rate, "config_hash": t.config_hash},
-        "weights": to_dict(t.weights),
+        "streams": [{"name": t.name, "kind": t.kind, "bandwidth": t.bandwidth, "n_codebooks": t.n_codebooks,
+                     "codebook_size": t.codebook_size, "frame_rate": t.frame_rate, "config_hash": t.config_hash,
+                     "weights": to_dict(t.weights), "tokens": m.tokens(t.name),
+                     "tokens_per_hour": m.tokens(t.name) / hours if hours else 0.0,
+                     "bytes": sum(s.files[t.name].bytes for s in m.shards if t.name in s.files)} for t in m.streams],
         "books": len(m.books),
-        "hours": sum(b.duration_s for b in m.books) / 3600,
+        "hours": hours,
         "chunks": sum(b.chunks for b in m.books),
         "shards": len(m.shards),
         "pending_shards": list(m.pending),
-        "shard_bytes": sum(s.bytes for s in m.shards),
         "tokens": m.total_tokens,
         "split": {"val_center": data.val_center, "val_fraction": data.val_fraction,
                   "long_book_seconds": data.long_book_seconds, "long_books": long_books,
@@ -65,23 +67,25 @@ def _summary(root: Path, m: Manifest, data: DataConfig) -> dict[str, Any]:
                   "val_seconds": val_total, "train_seconds": sum(b.duration_s for b in m.books) - val_total},
         "per_book": [{"id": b.id, "source": b.source, "duration_s": b.duration_s, "chunks": b.chunks,
                       "shards": len(b.shards), "val_s": list(val[b.id])} for b in m.books],
-        "per_shard": [{"path": s.path, "books": len(s.books), "samples": s.samples, "tokens": s.tokens,
-                       "bytes": s.bytes} for s in m.shards],
+        "per_shard": [{"index": s.index, "books": len(s.books), "samples": s.samples,
+                       "files": {name: to_dict(f) for name, f in s.files.items()}} for s in m.shards],
         "failed": [to_dict(f) for f in m.failed],
         "shard_problems": problems,
     }
 
 
 def _text(s: dict[str, Any]) -> str:
-    t, w = s["tokenizer"], s["weights"]
-    lines = [
-        f"tokens:    {s['folder']} ({s['format']})",
-        f"tokenizer: {t['kind']} {t['bandwidth']:g} kbps, {t['n_codebooks']} codebooks x {t['codebook_size']} codes at "
-        f"{t['frame_rate']:g} Hz, stream '{t['stream']}', config_hash {t['config_hash']}",
-        f"weights:   {w['mode']} from {w['source']}, sha256 {w['sha256']}" + (f", kept in {w['file']}" if w.get("file") else ""),
-        f"books:     {s['books']} ({s['hours']:.3f} h), {s['chunks']} chunks, {s['shards']} shards "
-        f"({s['shard_bytes'] / 1e6:.2f} MB), {s['tokens']:,} tokens",
-    ]
+    lines = [f"tokens:    {s['folder']} ({s['format']})"]
+    for t in s["streams"]:
+        w = t["weights"]
+        kind = f"{t['kind']} {t['bandwidth']:g} kbps" if t["bandwidth"] is not None else t["kind"]
+        lines += [
+            f"stream:    {t['name']}: {kind}, {t['n_codebooks']} x {t['codebook_size']} ids at {t['frame_rate']:g} Hz, "
+            f"{t['tokens']:,} tokens ({t['tokens_per_hour'] / 1e6:.2f} M per hour), {t['bytes'] / 1e6:.2f} MB, "
+            f"config_hash {t['config_hash']}",
+            f"  weights: {w['mode']} from {w['source']}, sha256 {w['sha256']}" + (f", kept in {w['file']}" if w.get("file") else ""),
+        ]
+    lines.append(f"books:     {s['books']} ({s['hours']:.3f} h), {s['chunks']} chunks, {s['shards']} shards, {s['tokens']:,} tokens")
     sp = s["split"]
     rules = []
     if sp["long_books"]:
@@ -101,17 +105,18 @@ def _text(s: dict[str, Any]) -> str:
         lines.append(f"  ... and {len(books) - SHOWN} more books (--json lists all)")
     lines.append(f"shards:    {s['shards']} written, {len(s['pending_shards'])} pending")
     for sh in s["per_shard"][:SHOWN]:
-        lines.append(f"  {sh['path']}  {sh['bytes'] / 1e6:8.2f} MB  {sh['books']:5d} books  {sh['samples']:6d} chunks  "
-                     f"{sh['tokens']:,} tokens")
+        files = "  ".join(f"{f['path']} {f['bytes'] / 1e6:.2f} MB" for f in sh["files"].values())
+        lines.append(f"  {sh['index']:6d}  {sh['books']:5d} books  {sh['samples']:6d} chunks  {files}")
     if len(s["per_shard"]) > SHOWN:
         lines.append(f"  ... and {len(s['per_shard']) - SHOWN} more shards (--json lists all)")
     lines.append(f"failed:    {len(s['failed'])}")
     lines += [f"  {f['source']}: {f['error']}" for f in s["failed"]]
     if s["shard_problems"]:
-        lines.append(f"PROBLEMS:  {len(s['shard_problems'])} of {s['shards']} shards")
+        lines.append(f"PROBLEMS:  {len(s['shard_problems'])} shard files")
         lines += [f"  {p['path']}: {p['problem']}" for p in s["shard_problems"]]
     else:
-        lines.append(f"check:     all {s['shards']} shards present, sizes match the manifest")
+        lines.append(f"check:     every shard file present, sizes match the manifest")
     if s["pending_shards"]:
-        lines.append(f"PENDING:   {len(s['pending_shards'])} planned shards are not written yet; rerun `narrator tokenize` to complete them")
+        lines.append(f"PENDING:   {len(s['pending_shards'])} planned shard files are not written yet; rerun `narrator tokenize` "
+                     "to complete them")
     return "\n".join(lines)

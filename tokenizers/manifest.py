@@ -1,7 +1,13 @@
 """manifest.json: what a token folder holds, readable without opening a shard.
 
-The tokenizer section identifies exactly how tokens were made (config, its hash, the codec weights'
-checksum), so the trainer and `generate` can refuse tokens that do not fit a model.
+This module and shards.py define the on-disk format; the tokenizer writes it and the loader reads
+it, and neither imports the other. A token folder holds one or more named token streams (say
+`acoustic`: EnCodec codes [K, T] at 75 Hz; `semantic`: k-means ids [1, T] at 50 Hz). Every stream
+has its own shard set, `shards/<stream>/<index:06d>.tar`, cut by one shard plan: shard i of every
+stream holds the same chunks under the same sample keys, so streams are joined by key when read
+and a stream can be added to tokenized books without touching the others. Each stream's entry
+identifies exactly how its tokens were made (config, its hash, the weights' checksum), so the
+trainer and `generate` can refuse tokens that do not fit a model.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ from typing import Any
 
 from narrator.config import from_dict, to_dict
 from narrator.errors import ConfigError, NarratorError
+from narrator.tokenizers.config import FRAME_GRID_SECONDS
 
-FORMAT = "narrator-tokens/2"  # /2: shards hold chunks of many books (ShardEntry.books)
+FORMAT = "narrator-tokens/2"  # /2: named streams; shards of many books, one plan for all streams
 MANIFEST_NAME = "manifest.json"
+SLOT_SECONDS = FRAME_GRID_SECONDS  # every chunk and book is a whole number of 40 ms slots
+ACOUSTIC = "acoustic"  # the stream of EnCodec codes
 
 
 @dataclass
@@ -28,17 +37,23 @@ class WeightsIdentity:
 
 
 @dataclass
-class TokenizerInfo:
+class StreamInfo:
+    """One token stream: what made it and how its samples are shaped."""
+
+    name: str  # its shard folder and sample field: shards/<name>/, "<key>.<name>.npy"
     kind: str  # "encodec"
-    stream: str  # field name in the shards: "<stream>.npy"
-    sample_rate: int
-    frame_rate: float
-    bandwidth: float
-    n_codebooks: int
-    codebook_size: int
-    config: dict[str, Any]  # the token-relevant part of TokenizeConfig
+    sample_rate: int  # audio rate the tokenizer reads
+    frame_rate: float  # token frames per second (a whole number per 40 ms slot)
+    n_codebooks: int  # rows of each sample's int16 array
+    codebook_size: int  # ids per row: 0 .. codebook_size - 1
+    config: dict[str, Any]  # the token-relevant part of the tokenize config
     config_hash: str
     weights: WeightsIdentity
+    bandwidth: float | None = None  # EnCodec kbps
+
+    @property
+    def frames_per_slot(self) -> int:
+        return round(self.frame_rate * SLOT_SECONDS)
 
 
 @dataclass
@@ -48,21 +63,29 @@ class BookEntry:
     id: str
     source: str  # absolute path of the audio
     duration_s: float
-    frames: int  # at the tokenizer's frame rate, over all chunks
+    slots: int  # 40 ms slots tokenized (the tail shorter than one slot is dropped)
     chunks: int
-    shards: list[str]  # the shards holding its chunks, in chunk order
+    shards: list[int]  # plan indices of the shards holding its chunks, in chunk order
+
+
+@dataclass
+class ShardFile:
+    """One stream's tar of one planned shard."""
+
+    path: str  # relative to the manifest's folder
+    tokens: int
+    bytes: int
+    sha256: str
 
 
 @dataclass
 class ShardEntry:
-    """One tar of the shard plan: consecutive chunks of one or more books, in `books` order."""
+    """One shard of the plan: consecutive chunks of one or more books, in `books` order, in every stream."""
 
-    path: str  # relative to the manifest's folder
+    index: int
     books: list[str]
     samples: int  # chunks
-    tokens: int
-    bytes: int
-    sha256: str
+    files: dict[str, ShardFile]  # stream name -> its tar
 
 
 @dataclass
@@ -73,16 +96,26 @@ class FailedBook:
 
 @dataclass
 class Manifest:
-    tokenizer: TokenizerInfo
+    streams: list[StreamInfo]
     books: list[BookEntry] = field(default_factory=list)
     shards: list[ShardEntry] = field(default_factory=list)
     failed: list[FailedBook] = field(default_factory=list)
-    pending: list[str] = field(default_factory=list)  # planned shards not written yet (an interrupted run)
+    pending: list[str] = field(default_factory=list)  # planned shard files not written yet (an interrupted run)
     format: str = FORMAT
+
+    def stream(self, name: str, where: str | Path = MANIFEST_NAME) -> StreamInfo:
+        """The stream called `name`, or a one-line error naming the streams there are."""
+        for info in self.streams:
+            if info.name == name:
+                return info
+        raise NarratorError(f"{where}: no token stream {name!r} here (streams: {', '.join(s.name for s in self.streams)})")
+
+    def tokens(self, stream: str) -> int:
+        return sum(s.files[stream].tokens for s in self.shards if stream in s.files)
 
     @property
     def total_tokens(self) -> int:
-        return sum(s.tokens for s in self.shards)
+        return sum(self.tokens(s.name) for s in self.streams)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

@@ -27,16 +27,16 @@ from tqdm import tqdm
 from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import NarratorError
 from narrator.tokenizers.audio import AudioInfo, peak_dbfs, probe, read_segment
-from narrator.tokenizers.chunking import ChunkSpec, plan_chunks
+from narrator.tokenizers.chunking import ChunkSpec, grid_steps, plan_chunks
 from narrator.tokenizers.config import EncodecConfig, TokenizeConfig
-from narrator.tokenizers.encodec import EncodecTokenizer, random_weights_name, token_config_hash, tokenizer_info
-from narrator.tokenizers.manifest import MANIFEST_NAME, BookEntry, FailedBook, Manifest, ShardEntry, TokenizerInfo, WeightsIdentity
+from narrator.tokenizers.encodec import STREAM, EncodecTokenizer, random_weights_name, stream_info, token_config_hash
+from narrator.tokenizers.manifest import (MANIFEST_NAME, BookEntry, FailedBook, Manifest, ShardEntry, ShardFile, StreamInfo,
+                                          WeightsIdentity)
 from narrator.tokenizers.plan import PlannedBook, PlannedShard, ShardPlan
 from narrator.tokenizers.stderr_filter import RAY_ACTOR_RESTART_NOTICE, drop_stderr_lines
 from narrator.tokenizers.shards import (ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy, file_sha256,
-                                        log_written, read_written, shard_path)
+                                        log_written, read_written, shard_path, stream_info_path)
 
-TOKENIZER_NAME = "tokenizer.json"
 CONFIG_NAME = "tokenize_config.yaml"
 
 
@@ -63,27 +63,27 @@ def tokenize(cfg: TokenizeConfig, out: Path, inputs: list[str]) -> TokenizeRepor
     books = resolve_inputs(inputs)
     _check_out(out, cfg)
     tokenizer = _codec(cfg, out)  # on the driver first: fails fast on missing weights
-    info = tokenizer_info(cfg, tokenizer=tokenizer)
+    info = stream_info(cfg, tokenizer=tokenizer)
     _check_out(out, cfg, info)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "shards" / info.name).mkdir(parents=True, exist_ok=True)
     if info.weights.mode == "random" and info.weights.file is None:
         tokenizer.save_weights(out / random_weights_name(cfg.encodec.weights.seed))
-    _write_json(out / TOKENIZER_NAME, info)
+    _write_json(out / stream_info_path(info.name), info)
     save_config(cfg, out / CONFIG_NAME)
     report = TokenizeReport(out)
     plan = ShardPlan.load(out)
     _plan_books(cfg, plan, books, report, bytes_per_second=2 * info.n_codebooks * info.frame_rate)
     plan.save(out)  # the commit point: from here on, these books' shards are fixed
-    written = read_written(out, info.stream)
-    missing = [s for s in plan.shards if not (out / shard_path(info.stream, s.index)).is_file()]
+    written = read_written(out, info.name)
+    missing = [s for s in plan.shards if not (out / shard_path(info.name, s.index)).is_file()]
     if missing:
         started_ray = _ensure_ray(cfg)
         try:
-            _encode(cfg, out, tokenizer, info.stream, plan, missing, written, report)
+            _encode(cfg, out, tokenizer, info.name, plan, missing, written, report)
         finally:
             if started_ray:
                 ray.shutdown()
-    manifest = build_manifest(out, cfg, info, plan, written, report.failed)
+    manifest = build_manifest(out, cfg, plan, [info], {info.name: written}, report.failed)
     report.tokens = manifest.total_tokens
     hours = sum(b.duration_s for b in manifest.books) / 3600
     print(f"tokenize: {len(manifest.books)} books ({hours:.2f} h) in {len(manifest.shards)} shards, "
@@ -120,32 +120,35 @@ def resolve_inputs(inputs: list[str]) -> list[BookSource]:
     return books
 
 
-def build_manifest(out: Path, cfg: TokenizeConfig, info: TokenizerInfo, plan: ShardPlan,
-                   written: dict[str, WrittenShard], failed: list[FailedBook]) -> Manifest:
-    """manifest.json from the plan and the shards on disk; planned shards not on disk are `pending`."""
-    manifest = Manifest(tokenizer=info, failed=list(failed))
+def build_manifest(out: Path, cfg: TokenizeConfig, plan: ShardPlan, streams: list[StreamInfo],
+                   written: dict[str, dict[str, WrittenShard]], failed: list[FailedBook]) -> Manifest:
+    """manifest.json from the plan and each stream's shards on disk; planned shard files not on disk are `pending`."""
+    manifest = Manifest(streams=streams, failed=list(failed))
     book_shards = plan.book_shards()
     for book in plan.books:
         specs = plan_chunks(book.id, book.duration_s, cfg.chunking)
         manifest.books.append(BookEntry(id=book.id, source=book.source, duration_s=book.duration_s,
-                                        frames=sum(s.frames for s in specs), chunks=len(specs),
-                                        shards=[shard_path(info.stream, i) for i in dict.fromkeys(book_shards[book.id])]))
+                                        slots=grid_steps(book.duration_s), chunks=len(specs),
+                                        shards=list(dict.fromkeys(book_shards[book.id]))))
     for shard in plan.shards:
-        rel = shard_path(info.stream, shard.index)
-        if not (out / rel).is_file():
-            manifest.pending.append(rel)
-            continue
-        record = written.get(rel)
-        if record is None or record.bytes != (out / rel).stat().st_size:  # renamed, but its record was not logged
-            specs = plan.chunks(shard, cfg.chunking)
-            record = WrittenShard(rel, len(specs), sum(s.frames for _, s in specs) * info.n_codebooks,
-                                  (out / rel).stat().st_size, file_sha256(out / rel))
-            log_written(out, info.stream, record)
-        manifest.shards.append(ShardEntry(path=rel, books=list(dict.fromkeys(p.book for p in shard.pieces)),
-                                          samples=record.samples, tokens=record.tokens, bytes=record.bytes,
-                                          sha256=record.sha256))
+        specs = plan.chunks(shard, cfg.chunking)
+        files = {}
+        for info in streams:
+            rel = shard_path(info.name, shard.index)
+            if not (out / rel).is_file():
+                manifest.pending.append(rel)
+                continue
+            record = written[info.name].get(rel)
+            if record is None or record.bytes != (out / rel).stat().st_size:  # renamed, but its record was not logged
+                slots = sum(grid_steps(s.end_s - s.start_s) for _, s in specs)
+                record = WrittenShard(rel, len(specs), slots * info.frames_per_slot * info.n_codebooks,
+                                      (out / rel).stat().st_size, file_sha256(out / rel))
+                log_written(out, info.name, record)
+            files[info.name] = ShardFile(rel, record.tokens, record.bytes, record.sha256)
+        manifest.shards.append(ShardEntry(index=shard.index, books=list(dict.fromkeys(p.book for p in shard.pieces)),
+                                          samples=len(specs), files=files))
     if manifest.pending:
-        print(f"tokenize: {len(manifest.pending)} of {len(plan.shards)} shards are not written yet; "
+        print(f"tokenize: {len(manifest.pending)} planned shard files are not written yet; "
               "rerun the same command to complete them")
     manifest.save(out / MANIFEST_NAME)
     return manifest
@@ -289,15 +292,15 @@ def _encode(cfg: TokenizeConfig, out: Path, tokenizer: EncodecTokenizer, stream:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
 
 
-def _check_out(out: Path, cfg: TokenizeConfig, info: TokenizerInfo | None = None) -> None:
+def _check_out(out: Path, cfg: TokenizeConfig, info: StreamInfo | None = None) -> None:
     """Refuse an OUT whose tokens were made with another config or other weights (checked once `info` is known)."""
-    tok_path, cfg_path = out / TOKENIZER_NAME, out / CONFIG_NAME
-    if tok_path.is_file():
-        old = _read_json(tok_path, TokenizerInfo)
+    path = out / stream_info_path(STREAM)
+    if path.is_file():
+        old = _read_json(path, StreamInfo)
         new_hash = token_config_hash(cfg)
         if old.config_hash != new_hash:
             raise NarratorError(f"{out}: holds tokens made with another tokenize config (config_hash {old.config_hash}, "
-                                f"now {new_hash}; see {cfg_path.name}); use a new --out folder")
+                                f"now {new_hash}; see {CONFIG_NAME}); use a new --out folder")
         if info is not None and old.weights.sha256 != info.weights.sha256:
             raise NarratorError(f"{out}: holds tokens made with other EnCodec weights (sha256 {old.weights.sha256[:12]} from "
                                 f"{old.weights.source}, now {info.weights.sha256[:12]}); use a new --out folder")

@@ -1,6 +1,7 @@
 """webdataset tar shards of token chunks, written so that a crash never leaves a half shard.
 
-A stream's shards are `shards/<stream>/<index:06d>.tar`, numbered as in the shard plan (plan.py).
+A stream's shards are `shards/<stream>/<index:06d>.tar`, numbered as in the shard plan (plan.py),
+beside `shards/<stream>/stream.json` (its manifest entry: how the tokens are made).
 One sample per chunk: `<book>/<chunk:06d>.<stream>.npy` (int16 codes, [codebooks, frames], saved
 with allow_pickle=False) and `<book>/<chunk:06d>.json` (book, chunk, start_s, end_s, frames, stream).
 Each finished shard gets a line in `shards/<stream>/written.jsonl` (size, counts, sha256), so a
@@ -42,6 +43,11 @@ def sample_key(book: str, chunk: int) -> str:
 def shard_path(stream: str, index: int) -> str:
     """Shard `index` of the plan for one token stream, relative to the token folder."""
     return f"shards/{stream}/{index:06d}.tar"
+
+
+def stream_info_path(stream: str) -> str:
+    """The stream's StreamInfo (how its tokens are made), written before its first shard."""
+    return f"shards/{stream}/stream.json"
 
 
 def encode_npy(array: np.ndarray) -> bytes:

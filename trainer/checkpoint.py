@@ -6,7 +6,7 @@ A checkpoint folder holds:
   model.safetensors       the unwrapped model's weights, tied embedding stored once (for generation)
   model_config.json       GPTConfig
   trainer_state.json      TrainerState: step, tokens seen, config and tokenizer hashes, data layout, boundary token
-  tokenizer.json          the token manifest's tokenizer section } so a copied checkpoint
+  streams.json            the manifest's entries of the streams trained on } so a copied checkpoint
   config.yaml             the resolved training config             } stands alone
   encodec_random_*.safetensors  random-init codec weights, when the tokens were made with them
                           (a hard link to the token folder's copy where the filesystem allows)
@@ -29,11 +29,12 @@ from safetensors.torch import load_file, save_file
 
 from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import ConfigError, NarratorError
-from narrator.tokenizers.manifest import TokenizerInfo
+from narrator.tokenizers.manifest import ACOUSTIC, StreamInfo
 from narrator.trainer.model import GPT, GPTConfig
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "trainer_state.json"
+STREAMS_NAME = "streams.json"
 # The output embedding is the input embedding (model.py ties them): safetensors stores it once.
 TIED = {"lm_head.weight": "transformer.wte.weight"}
 _STEP_DIR = re.compile(r"step_(\d{7,})")
@@ -57,7 +58,14 @@ class CheckpointMeta:
 
     path: Path
     state: TrainerState
-    tokenizer: TokenizerInfo
+    streams: list[StreamInfo]
+
+    def stream(self, name: str = ACOUSTIC) -> StreamInfo:
+        found = [s for s in self.streams if s.name == name]
+        if not found:
+            raise NarratorError(f"{self.path}: the model was not trained on a {name!r} stream "
+                                f"(streams: {', '.join(s.name for s in self.streams)})")
+        return found[0]
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -77,7 +85,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path, state: TrainerState,
-                    tokenizer: TokenizerInfo, train_config: Any, keep: int, files: Sequence[Path] = ()) -> Path:
+                    streams: list[StreamInfo], train_config: Any, keep: int, files: Sequence[Path] = ()) -> Path:
     """Save the full training state plus inference files; every process must call this.
 
     The main process renames step_X.tmp to step_X once all processes wrote their part, then keeps
@@ -96,7 +104,7 @@ def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path,
         save_file(weights, str(tmp / "model.safetensors"))
         _write_json(tmp / "model_config.json", asdict(accelerator.unwrap_model(model).config))
         _write_json(tmp / STATE_NAME, asdict(state))
-        _write_json(tmp / "tokenizer.json", to_dict(tokenizer))
+        _write_json(tmp / STREAMS_NAME, to_dict(streams))
         save_config(train_config, tmp / "config.yaml")
         for file in files:
             _link_or_copy(Path(file), tmp / Path(file).name)
@@ -143,7 +151,7 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
             raise NarratorError(f"{path}: neither a checkpoint nor a training output folder with checkpoints")
         path = latest
     config = _read(path / "model_config.json", GPTConfig)
-    meta = CheckpointMeta(path, read_state(path), _read(path / "tokenizer.json", TokenizerInfo))
+    meta = CheckpointMeta(path, read_state(path), _read_streams(path / STREAMS_NAME))
     weights_file = path / "model.safetensors"
     if not weights_file.is_file():
         raise NarratorError(f"{weights_file}: missing; the checkpoint is incomplete")
@@ -165,7 +173,16 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _read_streams(path: Path) -> list[StreamInfo]:
+    if not path.is_file():
+        raise NarratorError(f"{path}: missing; the checkpoint is incomplete or older than the streams format")
+    try:
+        return [from_dict(StreamInfo, item) for item in json.loads(path.read_text())]
+    except (json.JSONDecodeError, ConfigError, TypeError) as e:
+        raise NarratorError(f"{path}: unreadable ({e})") from None
+
+
+def _write_json(path: Path, data: dict | list) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 

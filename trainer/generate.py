@@ -1,7 +1,7 @@
 """`narrator generate`: continue a recording in the narrator's voice.
 
 The prompt is encoded with the very tokenizer the model was trained on (rebuilt from the
-checkpoint's tokenizer.json and checked against its weights checksum), laid out as the trainer saw it,
+checkpoint's streams.json and checked against its weights checksum), laid out as the trainer saw it,
 continued by the GPT, and decoded back to audio with EnCodec. Where the model samples a boundary
 frame (it saw one between recordings in training), the audio gets a short silence instead.
 """
@@ -23,6 +23,7 @@ from narrator.errors import NarratorError
 from narrator.streaming.layout import Layout, make_layout
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.encodec import load_tokenizer
+from narrator.tokenizers.manifest import ACOUSTIC
 from narrator.trainer.checkpoint import load_for_inference
 
 
@@ -74,7 +75,7 @@ def generate(cfg: GenerateConfig) -> Path:
                           "cpu" if cfg.device == "auto" else cfg.device)
     checkpoint, out = Path(cfg.checkpoint), Path(cfg.out)
     model, model_cfg, meta = load_for_inference(checkpoint, device)
-    info = meta.tokenizer
+    info = meta.stream(ACOUSTIC)
     layout = make_layout(meta.state.layout, info.n_codebooks, info.codebook_size, meta.state.shared_vocab)
     if layout.vocab_size != model_cfg.vocab_size:
         raise NarratorError(f"{checkpoint}: model vocab {model_cfg.vocab_size} does not match its tokenizer's "

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from narrator.config import config_hash, load_config, save_config, to_dict
 from narrator.errors import ConfigError, NarratorError
 from narrator.streaming.dataset import EpochCoverage, TrainBatch, build_train_loader, build_val_loader, data_vocab
-from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
+from narrator.tokenizers.manifest import ACOUSTIC, MANIFEST_NAME, Manifest
 from narrator.trainer.checkpoint import (TrainerState, latest_checkpoint, list_checkpoints, read_state,
                                          resume_checkpoint, save_checkpoint)
 from narrator.trainer.config import TrainConfig
@@ -88,10 +88,11 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     manifest_path = Path(cfg.data.manifest)
     manifest = Manifest.load(manifest_path)
     manifest_dir = manifest_path if manifest_path.is_dir() else manifest_path.parent
-    tokenizer = manifest.tokenizer
+    streams = [manifest.stream(ACOUSTIC, manifest_dir / MANIFEST_NAME)]  # what the layout reads
+    tokens_hash = "+".join(s.config_hash for s in streams)
     cfg.model.vocab_size = check_vocab(cfg, manifest, manifest_dir / MANIFEST_NAME)
     # Random-init codec weights live with the tokens; every checkpoint carries them so generate finds them.
-    codec_files = [manifest_dir / tokenizer.weights.file] if tokenizer.weights.file else []
+    codec_files = [manifest_dir / s.weights.file for s in streams if s.weights.file]
     model_config = cfg.model.gpt_config(cfg.model.vocab_size)
     start = resume_point(cfg, out)
 
@@ -102,10 +103,10 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     model, optimizer = accelerator.prepare(model, optimizer)
     layout, _ = data_vocab(cfg.data, manifest)
     state = TrainerState(step=0, tokens_seen=0, world_size=world, config_hash=config_hash(cfg),
-                         tokenizer_config_hash=tokenizer.config_hash, layout=cfg.data.layout,
+                         tokenizer_config_hash=tokens_hash, layout=cfg.data.layout,
                          shared_vocab=cfg.data.shared_vocab, boundary_token=layout.boundary_token)
     if start is not None:
-        resumed = resume_checkpoint(accelerator, start, model_config, tokenizer.config_hash, manifest_dir / MANIFEST_NAME,
+        resumed = resume_checkpoint(accelerator, start, model_config, tokens_hash, manifest_dir / MANIFEST_NAME,
                                     layout.boundary_token)
         state = dataclasses.replace(state, step=resumed.step, tokens_seen=resumed.tokens_seen)
         accelerator.print(f"resumed from {start} at step {state.step}")
@@ -115,7 +116,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
         return 0
     if main_process:
         save_config(cfg, out / "config.yaml")
-        (out / "tokenizer.json").write_text(json.dumps(to_dict(tokenizer), indent=1) + "\n")
+        (out / "streams.json").write_text(json.dumps(to_dict(streams), indent=1) + "\n")
         print(f"model: {cfg.model.preset} preset, {accelerator.unwrap_model(model).num_params() / 1e6:.2f} M parameters, "
               f"vocab {model_config.vocab_size}, block {model_config.block_size}; {manifest.total_tokens:,} tokens "
               f"in {len(manifest.books)} books; {world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}")
@@ -150,7 +151,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
                 raise NarratorError(f"non-finite loss ({loss}) at step {state.step}: training diverged (lower optim.lr, "
                                     f"check the data); last good checkpoint: {last_checkpoint or 'none'}")
             final = state.step == cfg.max_steps
-            val_loss, val_codebooks = (evaluate(accelerator, model, val_batches, manifest.tokenizer.n_codebooks)
+            val_loss, val_codebooks = (evaluate(accelerator, model, val_batches, streams[0].n_codebooks)
                                        if final or state.step % cfg.eval_every == 0 else (None, None))
             progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.rate:,.0f}", refresh=False)
             for line in coverage.lines():
@@ -162,7 +163,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
                 metrics.plot()
             stopping = stop.agreed(accelerator)
             if final or stopping or state.step % cfg.checkpoint_every == 0:
-                last_checkpoint = save_checkpoint(accelerator, model, out, state, tokenizer, cfg, cfg.keep_checkpoints,
+                last_checkpoint = save_checkpoint(accelerator, model, out, state, streams, cfg, cfg.keep_checkpoints,
                                                   files=codec_files)
             progress.update(1)
             if stopping:
