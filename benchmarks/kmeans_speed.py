@@ -35,7 +35,8 @@ def synthetic(n: int, dims: int, seed: int = 0) -> np.ndarray:
 
 
 def fit_once(args) -> None:
-    from narrator.tokenizers.kmeans import EmbeddingSource, KmeansConfig, fit_kmeans
+    from narrator.tokenizers.config import KmeansConfig
+    from narrator.tokenizers.kmeans import EmbeddingSource, fit_kmeans
 
     x = synthetic(args.frames, args.dims)
     cfg = KmeansConfig(k=args.k, passes=args.passes, standardize=args.standardize, heldout_fraction=0.05)
@@ -127,7 +128,8 @@ def whisper_layers(minutes: float) -> dict[str, np.ndarray]:
 
 
 def layers(args) -> None:
-    from narrator.tokenizers.kmeans import KmeansConfig, compare_layers, format_table
+    from narrator.tokenizers.config import KmeansConfig
+    from narrator.tokenizers.kmeans import compare_layers, format_table
 
     if not (SHARED / "weights" / "whisper-tiny.en.pt").is_file():
         print("no ../shared/weights/whisper-tiny.en.pt: skipped")

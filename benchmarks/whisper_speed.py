@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from narrator.tokenizers.encodec import synthetic_speech
-from narrator.tokenizers.whisper import WhisperConfig, WhisperEmbedder, WhisperWeightsConfig
+from narrator.tokenizers.config import WhisperConfig, WhisperWeightsConfig
+from narrator.tokenizers.whisper import WhisperEmbedder
 
 
 def main() -> None:

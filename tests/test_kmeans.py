@@ -9,8 +9,9 @@ import pytest
 from sklearn.cluster import MiniBatchKMeans
 
 from narrator.errors import ConfigError, NarratorError
+from narrator.tokenizers.config import KmeansConfig
 from narrator.tokenizers.kmeans import (
-    HELDOUT_BLOCK_FRAMES, CentroidAssigner, EmbeddingSource, KmeansConfig, SampleBuffer, compare_layers, fit_kmeans,
+    HELDOUT_BLOCK_FRAMES, CentroidAssigner, EmbeddingSource, SampleBuffer, compare_layers, fit_kmeans,
     fit_or_load, format_table, kmeans_paths, load_kmeans, plan_sample, quality, save_kmeans,
 )
 

@@ -171,7 +171,7 @@ def test_new_books_are_appended_in_new_shards(first_run, tmp_path, speech_wav):
 
 def test_other_settings_or_weights_are_refused(first_run, tmp_path):
     cfg, out, inputs, _, _ = first_run
-    with pytest.raises(NarratorError, match=f"^{out}: holds tokens made with another tokenize config"):
+    with pytest.raises(NarratorError, match=f"^{out}: holds acoustic tokens made with another tokenize config"):
         tokenize(config("chunking.chunk_seconds=4.0", f"encodec.weights.checkpoint={cfg.encodec.weights.checkpoint}"), out, inputs)
     state = torch.load(cfg.encodec.weights.checkpoint, weights_only=True)
     state["decoder.model.0.conv.conv.bias"] += 1.0
@@ -187,16 +187,19 @@ def test_other_settings_or_weights_are_refused(first_run, tmp_path):
 def test_an_actor_reports_unreadable_audio_as_one_line(first_run, ray_local, tmp_path):
     cfg, _, inputs, _, _ = first_run
     tokenizer = EncodecTokenizer(cfg.encodec)
-    actor = ChunkEncoderActor(to_dict(cfg.encodec), [ray_local.put(tokenizer.model.state_dict())],
-                              to_dict(tokenizer.weights_identity()), torch_threads=1, device="cpu")
+    recipe = {"name": "acoustic", "config": to_dict(cfg.encodec), "identity": to_dict(tokenizer.weights_identity()),
+              "weights": [ray_local.put(tokenizer.model.state_dict())]}
+    actor = ChunkEncoderActor([recipe], torch_threads=1, device="cpu")
     specs = plan_chunks("a", 4.0, cfg.chunking)
-    batch = {"path": np.array([inputs[0], str(tmp_path / "gone.wav")]), **{
+    batch = {"path": np.array([inputs[0], str(tmp_path / "gone.wav")]), "streams": np.array(["acoustic", "acoustic"]), **{
         k: np.array([getattr(s, k) for s in specs]) for k in ChunkSpec.__dataclass_fields__}}
     result = actor(batch)
     assert list(result["error"]) == [f"{tmp_path / 'gone.wav'}: file not found"] * 2
     batch["path"][1] = inputs[0]
     result = actor(batch)
-    assert list(result["error"]) == ["", ""] and decode_npy(result["codes"][1]).shape == (4, 150)
+    assert list(result["error"]) == ["", ""] and decode_npy(result["tokens_acoustic"][1]).shape == (4, 150)
+    batch["streams"][0] = ""  # a chunk whose shard already has every stream: nothing computed for it
+    assert actor(batch)["tokens_acoustic"][0] == b""
 
 
 def test_inspect_summarizes_and_flags_damaged_shards(first_run, tmp_path):

@@ -17,8 +17,8 @@ from narrator.tokenizers.audio import n_samples, read_segment
 from narrator.tokenizers.chunking import plan_chunks
 from narrator.tokenizers.config import ChunkingConfig
 from narrator.tokenizers.encodec import state_dict_sha256, synthetic_speech
-from narrator.tokenizers.whisper import (WHISPER_ENCODERS, WhisperConfig, WhisperEmbedder, WhisperWeightsConfig,
-                                         plan_windows)
+from narrator.tokenizers.config import WHISPER_MODELS, WhisperConfig, WhisperWeightsConfig
+from narrator.tokenizers.whisper import WHISPER_ENCODERS, WhisperEmbedder, plan_windows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # <repo>/../shared
 TINY_EN = SHARED / "weights" / "whisper-tiny.en.pt"
@@ -262,3 +262,7 @@ def test_real_weights_embed_content_where_random_ones_embed_window_position(real
         print(f"{name}: window position explains {position_share:.0%} of the embedding variance; k-means (k=64, "
               f"{len(train)} frames) relative error on {len(held_out)} held-out frames {err:.3f}")
     assert figures["random tiny"][0] > 0.8 and figures["real tiny.en"][0] < 0.5  # measured 92% and 36%
+
+
+def test_the_config_knows_every_encoder_size_the_embedder_knows():
+    assert set(WHISPER_MODELS) == set(WHISPER_ENCODERS)

@@ -35,6 +35,65 @@ class EncodecConfig:
         return ENCODEC_BANDWIDTHS[self.bandwidth]
 
 
+# whisper.available_models(); tokenizers/whisper.py holds each one's encoder size.
+WHISPER_MODELS = ("tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en", "large-v1",
+                  "large-v2", "large-v3", "large", "large-v3-turbo", "turbo")
+
+
+@dataclass
+class WhisperWeightsConfig:
+    """Where the encoder's weights come from. `random` is for tests and offline demos only."""
+
+    mode: Literal["pretrained", "random"] = "pretrained"
+    checkpoint: str | None = None  # local .pt in openai-whisper's format; None: whisper's own download
+    seed: int = 0  # random mode: the seed that fixes every weight
+    download_root: str | None = None  # whisper's download cache; None: ~/.cache/whisper
+
+
+@dataclass
+class WhisperConfig:
+    model: str = "tiny"  # one of whisper.available_models()
+    layer: int = -1  # -1: final output after ln_post; i in [0, n_layer): output of block i (before ln_post)
+    weights: WhisperWeightsConfig = field(default_factory=WhisperWeightsConfig)
+
+    def __post_init__(self) -> None:
+        if self.model not in WHISPER_MODELS:
+            raise ConfigError(f"'whisper.model': {self.model!r} is not one of {', '.join(WHISPER_MODELS)}")
+        if self.layer < -1:
+            raise ConfigError(f"'whisper.layer': {self.layer} is not -1 (final) or a block index >= 0")
+
+
+@dataclass
+class KmeansConfig:
+    """How the k-means tokenizer is fit (or which fitted file it uses)."""
+
+    k: int = 1024  # clusters = vocabulary of the semantic stream
+    sample_frames: int = 200_000  # upper bound on sampled frames (fit + held out): bounds memory
+    sample_fraction: float | None = None  # take this share of the eligible frames instead, still capped by sample_frames
+    seed: int = 0  # fixes the sample, the held-out blocks and the fit
+    standardize: bool = False  # divide each dimension by its std (after removing its mean) before clustering
+    batch_size: int = 4096  # MiniBatchKMeans mini-batch
+    passes: int = 5  # MiniBatchKMeans max_iter: full passes over the sample (no early stopping)
+    heldout_fraction: float = 0.05  # share of the sample (in 1 s blocks) kept out of the fit for the quality report
+    reassignment_ratio: float = 0.01  # MiniBatchKMeans: re-seed clusters that get fewer than this share of a batch
+    path: str | None = None  # an existing k-means file (.json, .npy or their stem) to use instead of fitting
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("k", self.k >= 2, ">= 2"),
+            ("sample_frames", self.sample_frames >= 2, ">= 2"),
+            ("seed", self.seed >= 0, ">= 0"),
+            ("sample_fraction", self.sample_fraction is None or 0 < self.sample_fraction <= 1, "in (0, 1]"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("passes", self.passes >= 1, ">= 1"),
+            ("heldout_fraction", 0 <= self.heldout_fraction < 1, "in [0, 1)"),
+            ("reassignment_ratio", self.reassignment_ratio >= 0, ">= 0"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"'kmeans.{key}': {getattr(self, key)!r} must be {want}")
+
+
 @dataclass
 class ChunkingConfig:
     """Books are cut on the 0.04 s grid; each chunk is encoded with context that is trimmed away."""
@@ -74,9 +133,15 @@ class ShardConfig:
             raise ConfigError(f"'shards.target_mb': {self.target_mb} must be > 0")
 
 
+STREAMS = ("acoustic", "semantic")  # EnCodec codes; k-means ids of Whisper encoder frames
+
+
 @dataclass
 class TokenizeConfig:
+    streams: list[str] = field(default_factory=lambda: ["acoustic"])  # token streams to make, from STREAMS
     encodec: EncodecConfig = field(default_factory=EncodecConfig)
+    whisper: WhisperConfig = field(default_factory=WhisperConfig)  # semantic stream: the embeddings
+    kmeans: KmeansConfig = field(default_factory=KmeansConfig)  # semantic stream: their ids
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
@@ -86,3 +151,6 @@ class TokenizeConfig:
     def __post_init__(self) -> None:
         if self.min_seconds < FRAME_GRID_SECONDS:
             raise ConfigError(f"'min_seconds': {self.min_seconds} is shorter than one {FRAME_GRID_SECONDS} s grid step")
+        unknown = [s for s in self.streams if s not in STREAMS]
+        if unknown or not self.streams or len(set(self.streams)) != len(self.streams):
+            raise ConfigError(f"'streams': {self.streams} must name each of {', '.join(STREAMS)} at most once, and one at least")

@@ -32,6 +32,7 @@ import torch
 
 from narrator.config import from_dict, to_dict
 from narrator.errors import ConfigError, NarratorError
+from narrator.tokenizers.config import KmeansConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,37 +40,6 @@ FORMAT = "narrator-kmeans/1"
 HELDOUT_BLOCK_FRAMES = 50  # quality frames are held out in 1 s blocks: neighbouring 50 Hz frames are near copies
 _FIT_KEYS = ("k", "sample_frames", "sample_fraction", "seed", "standardize", "batch_size", "passes",
              "heldout_fraction", "reassignment_ratio")
-
-
-@dataclass
-class KmeansConfig:
-    """How the k-means tokenizer is fit (or which fitted file it uses)."""
-
-    k: int = 1024  # clusters = vocabulary of the semantic stream
-    sample_frames: int = 200_000  # upper bound on sampled frames (fit + held out): bounds memory
-    sample_fraction: float | None = None  # take this share of the eligible frames instead, still capped by sample_frames
-    seed: int = 0  # fixes the sample, the held-out blocks and the fit
-    standardize: bool = False  # divide each dimension by its std (after removing its mean) before clustering
-    batch_size: int = 4096  # MiniBatchKMeans mini-batch
-    passes: int = 5  # MiniBatchKMeans max_iter: full passes over the sample (no early stopping)
-    heldout_fraction: float = 0.05  # share of the sample (in 1 s blocks) kept out of the fit for the quality report
-    reassignment_ratio: float = 0.01  # MiniBatchKMeans: re-seed clusters that get fewer than this share of a batch
-    path: str | None = None  # an existing k-means file (.json, .npy or their stem) to use instead of fitting
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("k", self.k >= 2, ">= 2"),
-            ("sample_frames", self.sample_frames >= 2, ">= 2"),
-            ("seed", self.seed >= 0, ">= 0"),
-            ("sample_fraction", self.sample_fraction is None or 0 < self.sample_fraction <= 1, "in (0, 1]"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("passes", self.passes >= 1, ">= 1"),
-            ("heldout_fraction", 0 <= self.heldout_fraction < 1, "in [0, 1)"),
-            ("reassignment_ratio", self.reassignment_ratio >= 0, ">= 0"),
-        ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"'kmeans.{key}': {getattr(self, key)!r} must be {want}")
 
 
 # --- what the JSON records -----------------------------------------------------------------------
@@ -540,14 +510,15 @@ class CentroidAssigner:
 
     def __init__(self, centroids: np.ndarray | torch.Tensor, scale: np.ndarray | torch.Tensor | None = None,
                  device: str | torch.device = "cpu", block_rows: int | None = None):
-        c = torch.as_tensor(np.asarray(centroids), dtype=torch.float64)
+        # A copy: arrays that come through Ray's object store are read-only, which torch warns about.
+        c = torch.tensor(np.array(centroids, dtype=np.float64))
         if c.ndim != 2:
             raise ValueError(f"centroids of shape {tuple(c.shape)}, expected [k, D]")
         self.k, self.dims = c.shape
         self.device = torch.device(device)
         self.mean = self.std = None
         if scale is not None:
-            s = torch.as_tensor(np.asarray(scale), dtype=torch.float64)
+            s = torch.tensor(np.array(scale, dtype=np.float64))
             c = (c - s[0]) / s[1]
             self.mean, self.std = s[0].float().to(self.device), s[1].float().to(self.device)
         self.centroids = c.float().to(self.device)  # in the assignment space

@@ -24,7 +24,8 @@ from narrator.tokenizers.config import FRAME_GRID_SECONDS
 FORMAT = "narrator-tokens/2"  # /2: named streams; shards of many books, one plan for all streams
 MANIFEST_NAME = "manifest.json"
 SLOT_SECONDS = FRAME_GRID_SECONDS  # every chunk and book is a whole number of 40 ms slots
-ACOUSTIC = "acoustic"  # the stream of EnCodec codes
+ACOUSTIC = "acoustic"  # the stream of EnCodec codes, int16 [n_codebooks, frames] per chunk
+SEMANTIC = "semantic"  # the stream of k-means ids of Whisper encoder frames, int16 [frames] per chunk
 
 
 @dataclass
@@ -44,12 +45,13 @@ class StreamInfo:
     kind: str  # "encodec"
     sample_rate: int  # audio rate the tokenizer reads
     frame_rate: float  # token frames per second (a whole number per 40 ms slot)
-    n_codebooks: int  # rows of each sample's int16 array
+    n_codebooks: int  # rows of each sample's int16 array (1: the array is 1-D)
     codebook_size: int  # ids per row: 0 .. codebook_size - 1
     config: dict[str, Any]  # the token-relevant part of the tokenize config
     config_hash: str
     weights: WeightsIdentity
     bandwidth: float | None = None  # EnCodec kbps
+    kmeans: dict[str, Any] | None = None  # semantic: the centroids' file, sha256, k, layer, sample and quality
 
     @property
     def frames_per_slot(self) -> int:

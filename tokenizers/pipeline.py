@@ -28,12 +28,17 @@ from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import NarratorError
 from narrator.tokenizers.audio import AudioInfo, peak_dbfs, probe, read_segment
 from narrator.tokenizers.chunking import ChunkSpec, grid_steps, plan_chunks
-from narrator.tokenizers.config import EncodecConfig, TokenizeConfig
-from narrator.tokenizers.encodec import STREAM, EncodecTokenizer, random_weights_name, stream_info, token_config_hash
-from narrator.tokenizers.manifest import (MANIFEST_NAME, BookEntry, FailedBook, Manifest, ShardEntry, ShardFile, StreamInfo,
-                                          WeightsIdentity)
-from narrator.tokenizers.plan import PlannedBook, PlannedShard, ShardPlan
+from narrator.streaming.config import DataConfig
+from narrator.streaming.split import held_out_slots
+from narrator.tokenizers.config import STREAMS, EncodecConfig, TokenizeConfig, WhisperConfig
+from narrator.tokenizers.encodec import EncodecTokenizer, random_weights_name, stream_info, token_config_hash
+from narrator.tokenizers.manifest import (ACOUSTIC, MANIFEST_NAME, SEMANTIC, BookEntry, FailedBook, Manifest, ShardEntry,
+                                          ShardFile, StreamInfo, WeightsIdentity)
+from narrator.tokenizers.semantic import (KMEANS_STEM, SemanticTokenizer, fit_semantic, random_whisper_name, semantic_config,
+                                          semantic_stream_info)
+from narrator.tokenizers.plan import PlannedBook, ShardPlan
 from narrator.tokenizers.stderr_filter import RAY_ACTOR_RESTART_NOTICE, drop_stderr_lines
+from narrator.tokenizers.whisper import WhisperEmbedder
 from narrator.tokenizers.shards import (ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy, file_sha256,
                                         log_written, read_written, shard_path, stream_info_path)
 
@@ -57,38 +62,66 @@ class TokenizeReport:
     tokens: int = 0  # in the whole manifest
 
 
+@dataclass
+class _Stream:
+    """A stream this run makes: its manifest entry, its tokenizer on the driver, and how actors rebuild it."""
+
+    info: StreamInfo
+    tokenizer: Any  # EncodecTokenizer | SemanticTokenizer: encode_chunks(windows, specs) -> one array per chunk
+    recipe: dict[str, Any]  # ChunkEncoderActor's description of it; big arrays go in as object refs
+
+
 def tokenize(cfg: TokenizeConfig, out: Path, inputs: list[str]) -> TokenizeReport:
-    """Tokenize every book in `inputs` (audio files or .txt catalogs) into `out`; resumable and appendable."""
+    """Tokenize every book in `inputs` (audio files or .txt catalogs) into `out`: each stream of
+    `cfg.streams` in its own shard set, cut by one plan; resumable, appendable, and a stream can be
+    added to a folder that holds others."""
     out = Path(out)
     books = resolve_inputs(inputs)
     _check_out(out, cfg)
-    tokenizer = _codec(cfg, out)  # on the driver first: fails fast on missing weights
-    info = stream_info(cfg, tokenizer=tokenizer)
-    _check_out(out, cfg, info)
-    (out / "shards" / info.name).mkdir(parents=True, exist_ok=True)
-    if info.weights.mode == "random" and info.weights.file is None:
-        tokenizer.save_weights(out / random_weights_name(cfg.encodec.weights.seed))
-    _write_json(out / stream_info_path(info.name), info)
+    # The models first, on the driver: missing weights fail before any audio is read.
+    codec = _codec(cfg, out) if ACOUSTIC in cfg.streams else None
+    embedder = _embedder(cfg, out) if SEMANTIC in cfg.streams else None
+    if codec is not None:
+        _check_out(out, cfg, stream_info(cfg, tokenizer=codec))
+    out.mkdir(parents=True, exist_ok=True)
+    if codec is not None and codec.weights_identity().mode == "random" and codec.weights_identity().file is None:
+        codec.save_weights(out / random_weights_name(cfg.encodec.weights.seed))
+    if embedder is not None and embedder.weights_identity().mode == "random" and embedder.weights_identity().file is None:
+        embedder.save_weights(out / random_whisper_name(cfg.whisper.model, cfg.whisper.weights.seed))
     save_config(cfg, out / CONFIG_NAME)
     report = TokenizeReport(out)
     plan = ShardPlan.load(out)
-    _plan_books(cfg, plan, books, report, bytes_per_second=2 * info.n_codebooks * info.frame_rate)
+    _plan_books(cfg, plan, books, report, bytes_per_second=_bytes_per_second(cfg))
     plan.save(out)  # the commit point: from here on, these books' shards are fixed
-    written = read_written(out, info.name)
-    missing = [s for s in plan.shards if not (out / shard_path(info.name, s.index)).is_file()]
+    streams = []
+    if codec is not None:
+        streams.append(_Stream(stream_info(cfg, tokenizer=codec), codec, {
+            "name": ACOUSTIC, "config": to_dict(cfg.encodec), "identity": to_dict(codec.weights_identity()),
+            "weights": codec.model.state_dict()}))
+    if embedder is not None:
+        streams.append(_semantic_stream(cfg, out, embedder, plan))
+    for stream in streams:
+        (out / stream_info_path(stream.info.name)).parent.mkdir(parents=True, exist_ok=True)
+        _write_json(out / stream_info_path(stream.info.name), stream.info)
+    present = _folder_streams(out)
+    written = {info.name: read_written(out, info.name) for info in present}
+    missing = {shard.index: [st.info.name for st in streams if not (out / shard_path(st.info.name, shard.index)).is_file()]
+               for shard in plan.shards}
+    missing = {index: names for index, names in missing.items() if names}
     if missing:
         started_ray = _ensure_ray(cfg)
         try:
-            _encode(cfg, out, tokenizer, info.name, plan, missing, written, report)
+            _encode(cfg, out, streams, plan, missing, written, report)
         finally:
             if started_ray:
                 ray.shutdown()
-    manifest = build_manifest(out, cfg, plan, [info], {info.name: written}, report.failed)
+    manifest = build_manifest(out, cfg, plan, present, written, report.failed)
     report.tokens = manifest.total_tokens
     hours = sum(b.duration_s for b in manifest.books) / 3600
     print(f"tokenize: {len(manifest.books)} books ({hours:.2f} h) in {len(manifest.shards)} shards, "
-          f"{manifest.total_tokens:,} tokens -> {out}; this run: {len(report.added)} books added, "
-          f"{report.shards_written} shards written, {len(report.failed)} failed")
+          f"{manifest.total_tokens:,} tokens in {len(present)} {'stream' if len(present) == 1 else 'streams'} "
+          f"({', '.join(i.name for i in present)}) -> {out}; this run: {len(report.added)} books added, "
+          f"{report.shards_written} shard files written, {len(report.failed)} failed")
     return report
 
 
@@ -155,32 +188,52 @@ def build_manifest(out: Path, cfg: TokenizeConfig, plan: ShardPlan, streams: lis
 
 
 class ChunkEncoderActor:
-    """A Ray Data actor: one EnCodec; reads each chunk's audio window itself and returns its codes.
+    """A Ray Data actor: one model per stream; reads each chunk's audio window once and returns its tokens
+    for every stream the chunk's shard still lacks (`streams`, comma-separated), as npy bytes in
+    `tokens_<stream>` (empty for a stream not asked).
 
-    `weights` is [ObjectRef] of the driver's state_dict (a list, so Ray hands over the reference).
-    A NarratorError (say, a book that became unreadable) comes back as an `error` column, so the
-    driver can stop with that one line instead of a remote traceback.
+    Weights and centroids come as object refs of the driver's (in one-element lists, so Ray hands
+    over the reference): no download, no rebuild. A NarratorError (say, a book that became
+    unreadable) comes back as an `error` column, so the driver stops with that one line.
     """
 
-    def __init__(self, encodec: dict[str, Any], weights: list, identity: dict[str, Any], torch_threads: int, device: str):
+    def __init__(self, streams: list[dict[str, Any]], torch_threads: int, device: str):
         torch.set_num_threads(torch_threads)
-        self.tokenizer = EncodecTokenizer.from_state_dict(
-            from_dict(EncodecConfig, encodec), ray.get(weights[0]), from_dict(WeightsIdentity, identity), device)
+        self.tokenizers = {recipe["name"]: _rebuild(recipe, device) for recipe in streams}
         self.audio: dict[str, AudioInfo] = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["book"])
         specs = [ChunkSpec(**{f.name: _plain(batch[f.name][i]) for f in fields(ChunkSpec)}) for i in range(n)]
+        wanted = [str(names).split(",") for names in batch["streams"]]
+        columns = {f"tokens_{name}": [b""] * n for name in self.tokenizers}
+        errors = [""] * n
         try:
             windows = []
             for path, spec in zip(batch["path"], specs):
                 if path not in self.audio:
                     self.audio[path] = probe(path)
                 windows.append(read_segment(self.audio[path], spec.ctx_start_s, spec.ctx_end_s))
-            codes, errors = [encode_npy(c) for c in self.tokenizer.encode_chunks(windows, specs)], [""] * n
+            for name, tokenizer in self.tokenizers.items():
+                rows = [i for i in range(n) if name in wanted[i]]
+                if rows:
+                    for i, tokens in zip(rows, tokenizer.encode_chunks([windows[i] for i in rows], [specs[i] for i in rows])):
+                        columns[f"tokens_{name}"][i] = encode_npy(tokens)
         except NarratorError as e:
-            codes, errors = [b""] * n, [str(e)] * n
-        return {"book": batch["book"], "chunk": batch["chunk"], "codes": np.array(codes, dtype=object), "error": np.array(errors)}
+            errors = [str(e)] * n
+        return {"book": batch["book"], "chunk": batch["chunk"], "error": np.array(errors),
+                **{key: np.array(values, dtype=object) for key, values in columns.items()}}
+
+
+def _rebuild(recipe: dict[str, Any], device: str) -> Any:
+    """An actor's copy of one stream's tokenizer, from the driver's weights (checked against their sha256)."""
+    identity = from_dict(WeightsIdentity, recipe["identity"])
+    if recipe["name"] == ACOUSTIC:
+        return EncodecTokenizer.from_state_dict(from_dict(EncodecConfig, recipe["config"]), ray.get(recipe["weights"][0]),
+                                                identity, device)
+    embedder = WhisperEmbedder.from_state_dict(from_dict(WhisperConfig, recipe["config"]), ray.get(recipe["weights"][0]),
+                                               identity, device)
+    return SemanticTokenizer(embedder, ray.get(recipe["kmeans"][0]), device)
 
 
 def _plain(value: Any) -> Any:
@@ -194,6 +247,43 @@ def _codec(cfg: TokenizeConfig, out: Path) -> EncodecTokenizer:
     if cfg.encodec.weights.mode == "random" and weights.is_file():
         return EncodecTokenizer.from_weights_file(cfg.encodec, weights)
     return EncodecTokenizer(cfg.encodec)
+
+
+def _embedder(cfg: TokenizeConfig, out: Path) -> WhisperEmbedder:
+    """The Whisper encoder of the semantic stream; random weights are kept in OUT, as the codec's are."""
+    weights = out / random_whisper_name(cfg.whisper.model, cfg.whisper.weights.seed)
+    if cfg.whisper.weights.mode == "random" and weights.is_file():
+        return WhisperEmbedder.from_weights_file(cfg.whisper, weights)
+    return WhisperEmbedder(cfg.whisper)
+
+
+def _semantic_stream(cfg: TokenizeConfig, out: Path, embedder: WhisperEmbedder, plan: ShardPlan) -> _Stream:
+    """Fit (or load) the folder's k-means on a sample of every planned book, away from the validation
+    slots of the default training split, then describe the stream."""
+    books = [(b.id, b.source, grid_steps(b.duration_s)) for b in plan.books]
+    entries = [BookEntry(b.id, b.source, b.duration_s, grid_steps(b.duration_s), 0, []) for b in plan.books]
+    model, fitted = fit_semantic(cfg, out, embedder, books, held_out_slots(entries, DataConfig()))
+    if fitted:
+        quality = model.meta.quality_heldout or model.meta.quality_fit
+        print(f"k-means: fit k={model.meta.k} on {model.meta.sample.fit_frames:,} frames of {model.meta.sample.books} books "
+              f"(Whisper {cfg.whisper.model}, layer {cfg.whisper.layer}); held-out relative error "
+              f"{quality.relative_error:.3f}, perplexity {quality.perplexity:.0f} -> {out / KMEANS_STEM}.json")
+    tokenizer = SemanticTokenizer(embedder, model)
+    return _Stream(semantic_stream_info(cfg, tokenizer, KMEANS_STEM + ".json"), tokenizer, {
+        "name": SEMANTIC, "config": to_dict(cfg.whisper), "identity": to_dict(embedder.weights_identity()),
+        "weights": embedder.encoder.state_dict(), "kmeans": model})
+
+
+def _folder_streams(out: Path) -> list[StreamInfo]:
+    """Every stream the folder holds (made by this run or an earlier one), in STREAMS order."""
+    found = [_read_json(out / stream_info_path(name), StreamInfo) for name in STREAMS if (out / stream_info_path(name)).is_file()]
+    return found
+
+
+def _bytes_per_second(cfg: TokenizeConfig) -> float:
+    """Token bytes per second of audio over the streams made: int16 ids at each stream's rate."""
+    rates = {ACOUSTIC: 75 * cfg.encodec.n_codebooks, SEMANTIC: 50}
+    return float(sum(2 * rates[name] for name in cfg.streams))
 
 
 def _check_book(book: BookSource, cfg: TokenizeConfig) -> float:
@@ -241,69 +331,90 @@ def _fail(report: TokenizeReport, book: BookSource, reason: str) -> None:
     print(f"skipped {book.given}: {reason}")
 
 
-def _encode(cfg: TokenizeConfig, out: Path, tokenizer: EncodecTokenizer, stream: str, plan: ShardPlan,
-            missing: list[PlannedShard], written: dict[str, WrittenShard], report: TokenizeReport) -> None:
-    """Run the Ray Data actor pool over the chunks of the missing shards and write each shard as it completes."""
-    order = [(shard, book, spec) for shard in missing for book, spec in plan.chunks(shard, cfg.chunking)]
-    sizes = {shard.index: len(plan.chunks(shard, cfg.chunking)) for shard in missing}
-    items = [{"path": book.source, **asdict(spec)} for _, book, spec in order]
-    weights = ray.put({k: v.cpu() for k, v in tokenizer.model.state_dict().items()})
+def _encode(cfg: TokenizeConfig, out: Path, streams: list[_Stream], plan: ShardPlan, missing: dict[int, list[str]],
+            written: dict[str, dict[str, WrittenShard]], report: TokenizeReport) -> None:
+    """Run the Ray Data actor pool over the chunks of the shards some stream lacks, and write each
+    stream's shard file as soon as its chunks are in."""
+    shards = {shard.index: shard for shard in plan.shards}
+    order = [(index, book, spec) for index in missing for book, spec in plan.chunks(shards[index], cfg.chunking)]
+    sizes = {index: len(plan.chunks(shards[index], cfg.chunking)) for index in missing}
+    items = [{"path": book.source, "streams": ",".join(missing[index]), **asdict(spec)} for index, book, spec in order]
+    recipes = []
+    for stream in streams:
+        recipe = dict(stream.recipe)
+        recipe["weights"] = [ray.put({k: v.cpu() for k, v in recipe["weights"].items()})]
+        if "kmeans" in recipe:
+            recipe["kmeans"] = [ray.put(recipe["kmeans"])]
+        recipes.append(recipe)
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start)
     ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = True, False, False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the tqdm bar below replaces Ray Data's progress output
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    writer: ShardWriter | None = None
+    writers: dict[str, ShardWriter] = {}
     try:
         blocks = math.ceil(len(items) / cfg.ray.batch_size)
         ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             ChunkEncoderActor,
-            fn_constructor_kwargs=dict(encodec=to_dict(cfg.encodec), weights=[weights], identity=to_dict(tokenizer.weights_identity()),
-                                       torch_threads=cfg.ray.torch_threads, device="cuda" if cfg.ray.num_gpus > 0 else "cpu"),
+            fn_constructor_kwargs=dict(streams=recipes, torch_threads=cfg.ray.torch_threads,
+                                       device="cuda" if cfg.ray.num_gpus > 0 else "cpu"),
             batch_size=cfg.ray.batch_size, batch_format="numpy", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
             # One block (= one batch) in flight per actor: the first actor up must not queue every block.
-            # No more actors than blocks: an idle actor still builds its model (and Ray Data warns).
+            # No more actors than blocks: an idle actor still builds its models (and Ray Data warns).
             compute=ray.data.ActorPoolStrategy(size=min(cfg.ray.concurrency, blocks), max_tasks_in_flight_per_actor=1))
         bar = tqdm(total=len(items), unit="chunk", desc="tokenize", dynamic_ncols=True)
-        seconds = 0.0
+        seconds, samples = 0.0, 0
         with drop_stderr_lines(RAY_ACTOR_RESTART_NOTICE):
-            for (shard, _, spec), row in zip(order, ds.iter_rows(), strict=True):
+            for (index, _, spec), row in zip(order, ds.iter_rows(), strict=True):
                 assert (row["book"], row["chunk"]) == (spec.book, spec.chunk), "Ray Data returned chunks out of order"
                 if row["error"]:
                     raise NarratorError(row["error"])
-                if writer is None:
-                    rel = shard_path(stream, shard.index)
-                    writer = ShardWriter(out / rel, name=rel)
-                writer.write(ChunkRecord(spec.book, spec.chunk, spec.start_s, spec.end_s, spec.frames, stream), decode_npy(row["codes"]))
-                if writer.samples == sizes[shard.index]:
-                    done = writer.close()
-                    writer = None
-                    log_written(out, stream, done)
-                    written[done.path] = done
-                    report.shards_written += 1
+                for name in missing[index]:
+                    if name not in writers:
+                        rel = shard_path(name, index)
+                        writers[name] = ShardWriter(out / rel, name=rel)
+                    tokens = decode_npy(row[f"tokens_{name}"])
+                    writers[name].write(ChunkRecord(spec.book, spec.chunk, spec.start_s, spec.end_s, tokens.shape[-1], name),
+                                        tokens)
+                samples += 1
+                if samples == sizes[index]:
+                    for name, writer in writers.items():
+                        done = writer.close()
+                        log_written(out, name, done)
+                        written[name][done.path] = done
+                        report.shards_written += 1
+                    writers, samples = {}, 0
                 report.chunks_encoded += 1
                 seconds += spec.end_s - spec.start_s
                 bar.update()
                 bar.set_postfix(audio=f"{seconds / 3600:.3f} h", refresh=False)
             bar.close()
     finally:
-        if writer is not None:
+        for writer in writers.values():
             writer.abort()
         ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
 
 
-def _check_out(out: Path, cfg: TokenizeConfig, info: StreamInfo | None = None) -> None:
-    """Refuse an OUT whose tokens were made with another config or other weights (checked once `info` is known)."""
-    path = out / stream_info_path(STREAM)
-    if path.is_file():
+def _check_out(out: Path, cfg: TokenizeConfig, acoustic: StreamInfo | None = None) -> None:
+    """Refuse an OUT whose streams (those this run makes) were made with another config or other weights;
+    the codec's weights are checked once `acoustic` is known."""
+    path = out / stream_info_path(ACOUSTIC)
+    if ACOUSTIC in cfg.streams and path.is_file():
         old = _read_json(path, StreamInfo)
         new_hash = token_config_hash(cfg)
         if old.config_hash != new_hash:
-            raise NarratorError(f"{out}: holds tokens made with another tokenize config (config_hash {old.config_hash}, "
-                                f"now {new_hash}; see {CONFIG_NAME}); use a new --out folder")
-        if info is not None and old.weights.sha256 != info.weights.sha256:
+            raise NarratorError(f"{out}: holds acoustic tokens made with another tokenize config (config_hash "
+                                f"{old.config_hash}, now {new_hash}; see {CONFIG_NAME}); use a new --out folder")
+        if acoustic is not None and old.weights.sha256 != acoustic.weights.sha256:
             raise NarratorError(f"{out}: holds tokens made with other EnCodec weights (sha256 {old.weights.sha256[:12]} from "
-                                f"{old.weights.source}, now {info.weights.sha256[:12]}); use a new --out folder")
+                                f"{old.weights.source}, now {acoustic.weights.sha256[:12]}); use a new --out folder")
+    path = out / stream_info_path(SEMANTIC)
+    if SEMANTIC in cfg.streams and path.is_file():
+        old_config = {k: v for k, v in _read_json(path, StreamInfo).config.items() if k != "kmeans_centroids_sha256"}
+        if old_config != semantic_config(cfg):
+            changed = ", ".join(k for k in semantic_config(cfg) if old_config.get(k) != semantic_config(cfg)[k])
+            raise NarratorError(f"{out}: holds semantic tokens made with another {changed} config (see "
+                                f"{stream_info_path(SEMANTIC)}); use a new --out folder")
 
 
 def _ensure_ray(cfg: TokenizeConfig) -> bool:

@@ -2,7 +2,7 @@
 
 A stream's shards are `shards/<stream>/<index:06d>.tar`, numbered as in the shard plan (plan.py),
 beside `shards/<stream>/stream.json` (its manifest entry: how the tokens are made).
-One sample per chunk: `<book>/<chunk:06d>.<stream>.npy` (int16 codes, [codebooks, frames], saved
+One sample per chunk: `<book>/<chunk:06d>.<stream>.npy` (int16 ids, [codebooks, frames] or [frames], saved
 with allow_pickle=False) and `<book>/<chunk:06d>.json` (book, chunk, start_s, end_s, frames, stream).
 Each finished shard gets a line in `shards/<stream>/written.jsonl` (size, counts, sha256), so a
 rerun need not hash the shards it finds.
@@ -114,8 +114,8 @@ class ShardWriter:
         self.tokens = 0
 
     def write(self, record: ChunkRecord, codes: np.ndarray) -> None:
-        if codes.ndim != 2 or codes.shape[1] != record.frames:
-            raise ValueError(f"codes of shape {codes.shape} do not match {record.frames} frames")
+        if codes.ndim not in (1, 2) or codes.shape[-1] != record.frames:
+            raise ValueError(f"tokens of shape {codes.shape} do not match {record.frames} frames")
         self._writer.write({
             "__key__": sample_key(record.book, record.chunk),
             f"{record.stream}.npy": encode_npy(codes.astype(np.int16)),

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import soxr
@@ -34,10 +34,10 @@ import whisper
 from safetensors.torch import load_file, save_file
 from whisper.model import AudioEncoder, ModelDimensions
 
-from narrator.errors import ConfigError, NarratorError
+from narrator.errors import NarratorError
 from narrator.tokenizers.audio import n_samples
 from narrator.tokenizers.chunking import ChunkSpec
-from narrator.tokenizers.config import SAMPLE_RATE
+from narrator.tokenizers.config import SAMPLE_RATE, WhisperConfig
 from narrator.tokenizers.encodec import state_dict_sha256
 from narrator.tokenizers.manifest import WeightsIdentity
 
@@ -64,34 +64,11 @@ class EncoderDims:
 # Encoder sizes of whisper.available_models(), for random-init builds (a checkpoint brings its own dims).
 _TINY, _BASE, _SMALL = EncoderDims(80, 384, 6, 4), EncoderDims(80, 512, 8, 6), EncoderDims(80, 768, 12, 12)
 _MEDIUM, _LARGE, _LARGE_V3 = EncoderDims(80, 1024, 16, 24), EncoderDims(80, 1280, 20, 32), EncoderDims(128, 1280, 20, 32)
-WHISPER_ENCODERS: dict[str, EncoderDims] = {
+WHISPER_ENCODERS: dict[str, EncoderDims] = {  # keys: config.WHISPER_MODELS
     "tiny": _TINY, "tiny.en": _TINY, "base": _BASE, "base.en": _BASE, "small": _SMALL, "small.en": _SMALL,
     "medium": _MEDIUM, "medium.en": _MEDIUM, "large-v1": _LARGE, "large-v2": _LARGE,
     "large-v3": _LARGE_V3, "large": _LARGE_V3, "large-v3-turbo": _LARGE_V3, "turbo": _LARGE_V3,
 }
-
-
-@dataclass
-class WhisperWeightsConfig:
-    """Where the encoder's weights come from. `random` is for tests and offline demos only."""
-
-    mode: Literal["pretrained", "random"] = "pretrained"
-    checkpoint: str | None = None  # local .pt in openai-whisper's format; None: whisper's own download
-    seed: int = 0  # random mode: the seed that fixes every weight
-    download_root: str | None = None  # whisper's download cache; None: ~/.cache/whisper
-
-
-@dataclass
-class WhisperConfig:
-    model: str = "tiny"  # one of whisper.available_models()
-    layer: int = -1  # -1: final output after ln_post; i in [0, n_layer): output of block i (before ln_post)
-    weights: WhisperWeightsConfig = field(default_factory=WhisperWeightsConfig)
-
-    def __post_init__(self) -> None:
-        if self.model not in WHISPER_ENCODERS:
-            raise ConfigError(f"'whisper.model': {self.model!r} is not one of {', '.join(WHISPER_ENCODERS)}")
-        if self.layer < -1:
-            raise ConfigError(f"'whisper.layer': {self.layer} is not -1 (final) or a block index >= 0")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,91 @@
+"""The semantic stream in `narrator tokenize`: added to a folder of acoustic tokens without touching
+them, k-means fit once on a sample, ids aligned with the acoustic frames slot by slot, same keys."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from narrator.config import load_config
+from narrator.errors import NarratorError
+from narrator.tokenizers.config import TokenizeConfig
+from narrator.tokenizers.manifest import Manifest
+from narrator.tokenizers.pipeline import tokenize
+from narrator.tokenizers.shards import file_sha256
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE = ["whisper.weights.mode=random", "encodec.weights.mode=random", "kmeans.k=16", "kmeans.sample_frames=4000",
+           "ray.concurrency=2", "ray.batch_size=2", "shards.target_mb=0.02"]
+
+
+def config(*overrides: str) -> TokenizeConfig:
+    return load_config(TokenizeConfig, REPO / "configs/tokenize/semantic_acoustic.yaml", [*OFFLINE, *overrides])
+
+
+def samples(path: Path) -> dict[str, np.ndarray]:
+    with tarfile.open(path) as tar:
+        return {m.name.split(".")[0]: np.load(io.BytesIO(tar.extractfile(m).read()), allow_pickle=False)
+                for m in tar.getmembers() if m.name.endswith(".npy")}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, ray_local, speech_wav):
+    d = tmp_path_factory.mktemp("audio")
+    inputs = [str(speech_wav(d / "utt1.flac", 4.0, seed=1, sample_rate=16_000)),
+              str(speech_wav(d / "utt2.wav", 7.3, seed=2)),
+              str(speech_wav(d / "book.wav", 62.0, seed=3))]
+    out = tmp_path_factory.mktemp("tokens")
+    tokenize(config("streams=[acoustic]"), out, inputs)
+    acoustic = {p.name: (file_sha256(p), p.stat().st_mtime_ns) for p in (out / "shards/acoustic").glob("*.tar")}
+    report = tokenize(config(), out, inputs)  # streams: [semantic, acoustic]
+    return out, inputs, acoustic, report
+
+
+def test_adding_the_semantic_stream_leaves_the_acoustic_shards_byte_identical(folder):
+    out, _, acoustic, report = folder
+    assert {p.name: (file_sha256(p), p.stat().st_mtime_ns) for p in (out / "shards/acoustic").glob("*.tar")} == acoustic
+    m = Manifest.load(out)
+    assert [s.name for s in m.streams] == ["acoustic", "semantic"]
+    assert report.added == [] and report.shards_written == len(m.shards) == len(acoustic) > 1
+    assert all(set(s.files) == {"acoustic", "semantic"} for s in m.shards)
+
+
+def test_both_streams_hold_the_same_chunks_aligned_slot_by_slot(folder):
+    out, *_ = folder
+    m = Manifest.load(out)
+    semantic = m.stream("semantic")
+    assert (semantic.kind, semantic.frame_rate, semantic.n_codebooks, semantic.codebook_size) == ("whisper-kmeans", 50.0, 1, 16)
+    for shard in m.shards:
+        acoustic_ids, semantic_ids = (samples(out / shard.files[name].path) for name in ("acoustic", "semantic"))
+        assert list(acoustic_ids) == list(semantic_ids)  # same keys, same order
+        for key, codes in acoustic_ids.items():
+            ids = semantic_ids[key]
+            assert codes.shape[0] == 2 and ids.ndim == 1 and ids.dtype == np.int16
+            assert codes.shape[1] % 3 == 0 and ids.shape[0] == codes.shape[1] // 3 * 2  # 3 frames, 2 ids per 40 ms
+            assert 0 <= ids.min() and ids.max() < 16
+    ids = np.concatenate([v for s in m.shards for v in samples(out / s.files["semantic"].path).values()])
+    print(f"semantic ids used: {len(np.unique(ids))} of 16")
+    assert len(np.unique(ids)) >= 4
+    assert m.tokens("semantic") * 3 == m.tokens("acoustic")  # 2 ids vs 2 codebooks x 3 frames per slot
+
+
+def test_the_kmeans_fit_is_recorded_and_reused(folder):
+    out, inputs, _, _ = folder
+    semantic = Manifest.load(out).stream("semantic")
+    meta = json.loads((out / "kmeans/semantic.json").read_text())
+    assert semantic.kmeans["file"] == "kmeans/semantic.json" and semantic.kmeans["k"] == meta["k"] == 16
+    assert semantic.kmeans["centroids_sha256"] == meta["centroids"]["sha256"] == file_sha256(out / "kmeans/semantic.npy")
+    assert semantic.weights.file == "whisper_tiny.en_random_seed0.safetensors"
+    before = (out / "kmeans/semantic.npy").stat().st_mtime_ns
+    again = tokenize(config(), out, inputs)
+    assert (again.added, again.shards_written, again.chunks_encoded) == ([], 0, 0)
+    assert (out / "kmeans/semantic.npy").stat().st_mtime_ns == before
+
+
+def test_another_semantic_config_is_refused(folder):
+    out, inputs, _, _ = folder
+    with pytest.raises(NarratorError, match=r"holds semantic tokens made with another whisper config"):
+        tokenize(config("whisper.layer=1"), out, inputs)

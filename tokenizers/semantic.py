@@ -1,0 +1,97 @@
+"""The semantic stream (AudioLM-style): Whisper encoder frames at 50 Hz, each replaced by the id of its
+nearest k-means centroid.
+
+The centroids are fit once per token folder, on a sample of frames from every book that never
+touches a validation frame (kmeans.py), before any chunk is tokenized; the ids are then assigned in
+the same Ray actors, from the same audio reads, as the EnCodec codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from narrator.config import config_hash, to_dict
+from narrator.tokenizers.audio import probe, read_segment
+from narrator.tokenizers.chunking import ChunkSpec
+from narrator.tokenizers.config import SAMPLE_RATE, TokenizeConfig
+from narrator.tokenizers.kmeans import EmbeddingSource, KmeansModel, SamplePlan, fit_or_load
+from narrator.tokenizers.manifest import SEMANTIC, StreamInfo
+from narrator.tokenizers.whisper import FRAME_RATE, WINDOW_FRAMES, WhisperEmbedder
+
+KMEANS_STEM = "kmeans/semantic"  # in the token folder: kmeans/semantic.json, .npy
+
+
+class SemanticTokenizer:
+    """Whisper embedder + k-means assigner: int16 ids [frames] at 50 Hz for each chunk."""
+
+    frame_rate = FRAME_RATE
+
+    def __init__(self, embedder: WhisperEmbedder, kmeans: KmeansModel, device: str | torch.device = "cpu"):
+        self.embedder = embedder
+        self.kmeans = kmeans
+        self.assigner = kmeans.assigner(device)
+
+    def encode_chunks(self, windows: Sequence[np.ndarray], specs: Sequence[ChunkSpec]) -> list[np.ndarray]:
+        """Ids of each chunk's own frames, from the 24 kHz audio of its context window (as EncodecTokenizer takes)."""
+        return [self.assigner.assign(e).astype(np.int16) for e in self.embedder.embed_chunks(windows, specs)]
+
+
+def embedding_source(embedder: WhisperEmbedder) -> EmbeddingSource:
+    cfg = embedder.cfg
+    return EmbeddingSource(model=cfg.model, layer=cfg.layer, dims=embedder.dim, weights_sha256=embedder.weights_identity().sha256)
+
+
+def fit_semantic(cfg: TokenizeConfig, out: Path, embedder: WhisperEmbedder, books: Sequence[tuple[str, str, int]],
+                 held_out: dict[str, tuple[int, int]]) -> tuple[KmeansModel, bool]:
+    """The folder's k-means (fit now on a sample of `books` (id, source, 40 ms slots), or loaded), and whether it was fit.
+
+    `held_out` gives each book's validation slots; no frame in them is sampled.
+    """
+    frames = [(book, 2 * slots) for book, _, slots in books]
+    validation = {book: (2 * a, 2 * b) for book, (a, b) in held_out.items() if b > a}
+    sources = {book: source for book, source, _ in books}
+
+    def embed(plan: SamplePlan) -> Iterator[tuple[str, int, np.ndarray]]:
+        """Embeddings of each 30 s book window that holds sampled frames (windows on the book's own timeline)."""
+        for sample in plan.books:
+            info = probe(sources[sample.id])
+            for window in np.unique(sample.frames // WINDOW_FRAMES):
+                start = int(window) * WINDOW_FRAMES
+                audio = read_segment(info, start / FRAME_RATE, (start + WINDOW_FRAMES) / FRAME_RATE)
+                yield sample.id, start, embedder.embed(audio)
+
+    return fit_or_load(cfg.kmeans, embedding_source(embedder), out / KMEANS_STEM, frames, validation, embed)
+
+
+def semantic_config(tcfg: TokenizeConfig) -> dict:
+    """The part of the config that decides the ids (not where files live)."""
+    config = {"whisper": to_dict(tcfg.whisper), "kmeans": to_dict(tcfg.kmeans), "chunking": to_dict(tcfg.chunking)}
+    for key in ("checkpoint", "download_root"):
+        config["whisper"]["weights"].pop(key)
+    config["kmeans"].pop("path")
+    return config
+
+
+def semantic_stream_info(tcfg: TokenizeConfig, tokenizer: SemanticTokenizer, kmeans_file: str) -> StreamInfo:
+    """What a manifest records about the semantic stream, k-means provenance included."""
+    meta = tokenizer.kmeans.meta
+    config = semantic_config(tcfg)
+    config["kmeans_centroids_sha256"] = meta.centroids.sha256  # the ids depend on the fitted centroids
+    return StreamInfo(
+        name=SEMANTIC, kind="whisper-kmeans", sample_rate=SAMPLE_RATE, frame_rate=float(FRAME_RATE), n_codebooks=1,
+        codebook_size=meta.k, config=config, config_hash=config_hash(config),
+        weights=tokenizer.embedder.weights_identity(),
+        kmeans={"file": kmeans_file, "k": meta.k, "dims": meta.dims, "layer": meta.source.layer,
+                "centroids_sha256": meta.centroids.sha256, "sample_frames": meta.sample.fit_frames,
+                "relative_error_heldout": meta.quality_heldout.relative_error if meta.quality_heldout else None,
+                "perplexity_heldout": meta.quality_heldout.perplexity if meta.quality_heldout else None},
+    )
+
+
+def random_whisper_name(model: str, seed: int) -> str:
+    """File name of random-init Whisper encoder weights kept in a token folder."""
+    return f"whisper_{model}_random_seed{seed}.safetensors"
