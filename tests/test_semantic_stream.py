@@ -12,6 +12,7 @@ import pytest
 from narrator.config import load_config
 from narrator.errors import NarratorError
 from narrator.tokenizers.config import TokenizeConfig
+from narrator.tokenizers.inspect import inspect_tokens
 from narrator.tokenizers.manifest import Manifest
 from narrator.tokenizers.pipeline import tokenize
 from narrator.tokenizers.shards import file_sha256
@@ -83,6 +84,19 @@ def test_the_kmeans_fit_is_recorded_and_reused(folder):
     again = tokenize(config(), out, inputs)
     assert (again.added, again.shards_written, again.chunks_encoded) == ([], 0, 0)
     assert (out / "kmeans/semantic.npy").stat().st_mtime_ns == before
+
+
+def test_inspect_reports_each_stream(folder):
+    out, *_ = folder
+    text = inspect_tokens(out)
+    assert "stream:    semantic: whisper-kmeans, 1 x 16 ids at 50 Hz" in text and "(0.18 M per hour)" in text
+    assert "stream:    acoustic: encodec 1.5 kbps, 2 x 1024 ids at 75 Hz" in text and "(0.54 M per hour)" in text
+    used = [line for line in text.splitlines() if line.startswith("  ids:")]
+    assert len(used) == 2 and all("of the vocabulary used, entropy" in line for line in used)
+    assert "k-means: kmeans/semantic.json, k=16, layer -1" in text
+    stats = {t["name"]: t["stats"] for t in json.loads(inspect_tokens(out, as_json=True))["streams"]}
+    assert stats["semantic"]["max_entropy_bits"] == 4.0 and 0 < stats["semantic"]["entropy_bits"][0] <= 4.0
+    assert len(stats["acoustic"]["usage"]) == 2
 
 
 def test_another_semantic_config_is_refused(folder):

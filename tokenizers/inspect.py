@@ -6,13 +6,17 @@ The split shown is the one a training run with the given `data:` settings (DataC
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from narrator.config import to_dict
 from narrator.streaming.config import DataConfig
 from narrator.streaming.split import held_out_slots
-from narrator.tokenizers.manifest import MANIFEST_NAME, SLOT_SECONDS, Manifest
+from narrator.tokenizers.manifest import MANIFEST_NAME, SLOT_SECONDS, Manifest, StreamInfo
+from narrator.tokenizers.shards import decode_npy
 
 
 def inspect_tokens(path: str | Path, as_json: bool = False, data: DataConfig | None = None) -> str:
@@ -25,6 +29,25 @@ def inspect_tokens(path: str | Path, as_json: bool = False, data: DataConfig | N
 
 
 SHOWN = 20  # books and shards listed one per line in the text summary; the JSON has all
+STATS_SHARDS = 8  # token statistics are read from this many shards of each stream (all, when there are fewer)
+
+
+def _stream_stats(root: Path, m: Manifest, info: StreamInfo) -> dict[str, Any]:
+    """Vocabulary usage and entropy per codebook, from the ids in (up to STATS_SHARDS of) the stream's shards."""
+    counts = np.zeros((info.n_codebooks, info.codebook_size), np.int64)
+    files = [s.files[info.name] for s in m.shards if info.name in s.files]
+    files = [f for f in files if (root / f.path).is_file() and (root / f.path).stat().st_size == f.bytes][:STATS_SHARDS]
+    for file in files:  # damaged shards are listed under PROBLEMS, not read
+        with tarfile.open(root / file.path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(f".{info.name}.npy"):
+                    ids = decode_npy(tar.extractfile(member).read()).reshape(info.n_codebooks, -1)
+                    for row, codebook in zip(ids, counts):
+                        codebook += np.bincount(row, minlength=info.codebook_size)[: info.codebook_size]
+    p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    entropy = -(p * np.log2(np.where(p > 0, p, 1))).sum(axis=1)
+    return {"shards_read": len(files), "usage": [float((c > 0).mean()) for c in counts],
+            "entropy_bits": [float(e) for e in entropy], "max_entropy_bits": float(np.log2(info.codebook_size))}
 
 
 def _val_seconds(m: Manifest, data: DataConfig) -> dict[str, tuple[float, float]]:
@@ -54,7 +77,8 @@ def _summary(root: Path, m: Manifest, data: DataConfig) -> dict[str, Any]:
                      "codebook_size": t.codebook_size, "frame_rate": t.frame_rate, "config_hash": t.config_hash,
                      "weights": to_dict(t.weights), "tokens": m.tokens(t.name),
                      "tokens_per_hour": m.tokens(t.name) / hours if hours else 0.0,
-                     "bytes": sum(s.files[t.name].bytes for s in m.shards if t.name in s.files)} for t in m.streams],
+                     "bytes": sum(s.files[t.name].bytes for s in m.shards if t.name in s.files),
+                     "kmeans": t.kmeans, "stats": _stream_stats(root, m, t)} for t in m.streams],
         "books": len(m.books),
         "hours": hours,
         "chunks": sum(b.chunks for b in m.books),
@@ -85,6 +109,15 @@ def _text(s: dict[str, Any]) -> str:
             f"config_hash {t['config_hash']}",
             f"  weights: {w['mode']} from {w['source']}, sha256 {w['sha256']}" + (f", kept in {w['file']}" if w.get("file") else ""),
         ]
+        st = t["stats"]
+        lines.append(f"  ids:     {np.mean(st['usage']):.0%} of the vocabulary used, entropy {np.mean(st['entropy_bits']):.2f} bits "
+                     f"(max {st['max_entropy_bits']:.2f}), per codebook " + ", ".join(f"{e:.2f}" for e in st["entropy_bits"])
+                     + (f" (from {st['shards_read']} of {s['shards']} shards)" if st["shards_read"] < s["shards"] else ""))
+        if t["kmeans"]:
+            k = t["kmeans"]
+            lines.append(f"  k-means: {k['file']}, k={k['k']}, layer {k['layer']}, fit on {k['sample_frames']:,} frames, "
+                         "held-out relative error " + (f"{k['relative_error_heldout']:.3f}" if k["relative_error_heldout"] is not None
+                                                       else "not measured"))
     lines.append(f"books:     {s['books']} ({s['hours']:.3f} h), {s['chunks']} chunks, {s['shards']} shards, {s['tokens']:,} tokens")
     sp = s["split"]
     rules = []
