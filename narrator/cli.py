@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _common(p)  # a training config: its data.val_center / data.val_fraction set the split shown
 
+    p = sub.add_parser("kmeans-report", help="compare Whisper layers and k-means sizes on some audio, to choose the semantic tokens")
+    p.add_argument("inputs", nargs="+", help="audio files, or catalog files (.txt: one audio path per line)")
+    p.add_argument("--layers", default="-1", help="encoder layers, comma-separated (-1: final output; 0..n-1: blocks)")
+    p.add_argument("--k", default="256,1024", help="k-means sizes, comma-separated")
+    p.add_argument("--seconds", type=float, default=600.0, help="audio to read, at most (default 600)")
+    _common(p)  # a tokenize config: its whisper and kmeans sections
+
     p = sub.add_parser("train", help="train the GPT (same as `python trainer/run.py`)")
     p.add_argument("--resume", nargs="?", const="auto", help="resume from OUT's latest checkpoint, or from PATH")
     _common(p)
@@ -72,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="training steps")
     _common(p)
     return parser
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise NarratorError(f"{flag} {text!r}: expected whole numbers separated by commas") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +118,14 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         cfg = load_config(TokenizeConfig, args.config, args.overrides)
         report = tokenize(cfg, args.out, args.inputs)
         return 0 if not report.failed else 2
+    elif args.command == "kmeans-report":
+        from narrator.tokenizers.config import TokenizeConfig
+        from narrator.tokenizers.pipeline import resolve_inputs
+        from narrator.tokenizers.semantic import kmeans_report
+
+        cfg = load_config(TokenizeConfig, args.config, args.overrides)
+        layers, ks = (_int_list(args.layers, "--layers"), _int_list(args.k, "--k"))
+        print(kmeans_report(cfg, [b.source for b in resolve_inputs(args.inputs)], layers, ks, args.seconds))
     elif args.command == "inspect":
         from narrator.tokenizers.inspect import inspect_tokens
         from narrator.trainer.config import TrainConfig

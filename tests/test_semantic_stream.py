@@ -103,3 +103,18 @@ def test_another_semantic_config_is_refused(folder):
     out, inputs, _, _ = folder
     with pytest.raises(NarratorError, match=r"holds semantic tokens made with another whisper config"):
         tokenize(config("whisper.layer=1"), out, inputs)
+
+
+def test_kmeans_report_compares_layers_and_k(tmp_path, speech_wav, capsys):
+    from narrator.cli import main
+
+    audio = speech_wav(tmp_path / "a.wav", 40.0, seed=5)
+    assert main(["kmeans-report", str(audio), "--config", str(REPO / "configs/tokenize/semantic_acoustic.yaml"),
+                 "--set", "whisper.weights.mode=random", "--layers=-1,1", "--k", "8,32", "--seconds", "30"]) == 0
+    text = capsys.readouterr().out
+    assert "Whisper tiny.en (random weights), 30 s of audio from 1 files" in text
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["final"], ["1"])]
+    assert [(r[0], r[2]) for r in rows] == [("final", "8"), ("final", "32"), ("1", "8"), ("1", "32")]
+    assert all(0 <= float(r[5]) for r in rows)  # held-out relative error
+    assert main(["kmeans-report", str(audio), "--k", "8,x"]) == 1
+    assert "--k '8,x': expected whole numbers separated by commas" in capsys.readouterr().err

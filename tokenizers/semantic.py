@@ -9,6 +9,7 @@ the same Ray actors, from the same audio reads, as the EnCodec codes.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from narrator.config import config_hash, to_dict
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.chunking import ChunkSpec
 from narrator.tokenizers.config import SAMPLE_RATE, TokenizeConfig
-from narrator.tokenizers.kmeans import EmbeddingSource, KmeansModel, SamplePlan, fit_or_load
+from narrator.tokenizers.kmeans import EmbeddingSource, KmeansModel, SamplePlan, compare_layers, fit_or_load, format_table
 from narrator.tokenizers.manifest import SEMANTIC, StreamInfo
 from narrator.tokenizers.whisper import FRAME_RATE, WINDOW_FRAMES, WhisperEmbedder
 
@@ -90,6 +91,34 @@ def semantic_stream_info(tcfg: TokenizeConfig, tokenizer: SemanticTokenizer, kme
                 "relative_error_heldout": meta.quality_heldout.relative_error if meta.quality_heldout else None,
                 "perplexity_heldout": meta.quality_heldout.perplexity if meta.quality_heldout else None},
     )
+
+
+def kmeans_report(tcfg: TokenizeConfig, sources: Sequence[str], layers: Sequence[int], ks: Sequence[int],
+                  max_seconds: float) -> str:
+    """`narrator kmeans-report`: k-means quality of several encoder layers and k on up to `max_seconds` of
+    the given audio, as a table, so a layer is chosen from numbers (WhisperSpeech found the final layer
+    keeps little). Frames are held out in whole seconds; `kmeans.standardize` applies as in a real fit."""
+    embedder = WhisperEmbedder(tcfg.whisper)
+    state = embedder.encoder.state_dict()
+    audio = []
+    left = max_seconds
+    for source in sources:
+        info = probe(source)
+        seconds = min(info.duration_s, left)
+        audio.append(read_segment(info, 0.0, seconds))
+        left -= seconds
+        if left <= 0:
+            break
+    frames = {}
+    for layer in layers:
+        cfg = replace(tcfg.whisper, layer=layer)
+        at_layer = WhisperEmbedder.from_state_dict(cfg, state, embedder.weights_identity())
+        frames["final" if layer == -1 else str(layer)] = np.concatenate([at_layer.embed(a) for a in audio])
+    total = sum(len(a) for a in audio) / SAMPLE_RATE
+    rows = compare_layers(frames, ks, seed=tcfg.kmeans.seed, cfg=tcfg.kmeans)
+    return (f"Whisper {tcfg.whisper.model} ({embedder.weights_identity().mode} weights), {total:.0f} s of audio from "
+            f"{len(audio)} files, standardize={tcfg.kmeans.standardize}; relative error = squared distance to the nearest "
+            "centroid / variance (0 keeps everything, 1 keeps nothing), measured on held-out seconds\n" + format_table(rows))
 
 
 def random_whisper_name(model: str, seed: int) -> str:
