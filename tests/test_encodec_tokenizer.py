@@ -14,8 +14,9 @@ from narrator.errors import NarratorError
 from narrator.tokenizers.audio import n_samples
 from narrator.tokenizers.chunking import plan_chunks
 from narrator.tokenizers.config import ChunkingConfig, EncodecConfig, TokenizeConfig, WeightsConfig
-from narrator.tokenizers.encodec import (EncodecTokenizer, load_tokenizer, random_weights_name, state_dict_sha256,
-                                         stream_info, synthetic_speech, token_config_hash)
+from narrator.tokenizers.encodec import (EncodecTokenizer, load_tokenizer, random_weights_name, stream_info,
+                                         synthetic_speech, token_config_hash)
+from narrator.tokenizers.weights import state_dict_sha256
 
 
 def random_cfg(seed: int = 0, bandwidth: float = 3.0) -> EncodecConfig:

@@ -17,7 +17,8 @@ from narrator.errors import NarratorError
 from narrator.tokenizers.audio import read_segment
 from narrator.tokenizers.chunking import ChunkSpec, plan_chunks
 from narrator.tokenizers.config import TokenizeConfig
-from narrator.tokenizers.encodec import EncodecTokenizer, state_dict_sha256
+from narrator.tokenizers.encodec import EncodecTokenizer
+from narrator.tokenizers.weights import state_dict_sha256
 from narrator.tokenizers.inspect import inspect_tokens
 from narrator.tokenizers.manifest import Manifest
 from narrator.tokenizers.pipeline import ChunkEncoderActor, resolve_inputs, tokenize

@@ -16,7 +16,8 @@ from narrator.errors import ConfigError, NarratorError
 from narrator.tokenizers.audio import n_samples, read_segment
 from narrator.tokenizers.chunking import plan_chunks
 from narrator.tokenizers.config import ChunkingConfig
-from narrator.tokenizers.encodec import state_dict_sha256, synthetic_speech
+from narrator.tokenizers.encodec import synthetic_speech
+from narrator.tokenizers.weights import state_dict_sha256
 from narrator.tokenizers.config import WHISPER_MODELS, WhisperConfig, WhisperWeightsConfig
 from narrator.tokenizers.whisper import WHISPER_ENCODERS, WhisperEmbedder, plan_windows
 

@@ -7,16 +7,13 @@ records and `load_tokenizer` checks, so tokens are never decoded by a codec they
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from narrator.config import config_hash, from_dict, to_dict
 from narrator.errors import NarratorError
@@ -24,6 +21,7 @@ from narrator.tokenizers.audio import n_samples
 from narrator.tokenizers.chunking import ChunkSpec
 from narrator.tokenizers.config import SAMPLE_RATE, EncodecConfig, TokenizeConfig
 from narrator.tokenizers.manifest import ACOUSTIC, StreamInfo, WeightsIdentity
+from narrator.tokenizers.weights import checked_identity, read_weights, save_weights, state_dict_sha256
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # encodec imports torchaudio, which warns about its own deprecations
@@ -63,15 +61,10 @@ class EncodecTokenizer:
         """The tokenizer whose weights were saved to `path` (random weights kept beside their tokens),
         refused unless they are exactly `identity`'s. Without `identity`, they are cfg's random weights."""
         path = Path(path)
-        if not path.is_file():
-            raise NarratorError(f"{path}: EnCodec weights file not found")
+        state = read_weights(path, "EnCodec")
         if identity is None:
             log.warning("EnCodec weights: RANDOM init (seed=%d, built earlier, loaded from %s) - tokens are meaningless "
                         "for a real model", cfg.weights.seed, path)
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            raise NarratorError(f"{path}: unreadable EnCodec weights file ({type(e).__name__})") from None
         return cls.from_state_dict(cfg, state, identity, device, where=str(path))
 
     @classmethod
@@ -81,25 +74,16 @@ class EncodecTokenizer:
         refused unless they are `identity`'s. Without `identity`, they are cfg's random weights, saved at `where`."""
         model = _new_model()
         model.load_state_dict(state_dict, strict=True)
-        sha = state_dict_sha256(model.state_dict())
-        if identity is None:
-            seed = cfg.weights.seed
-            identity = WeightsIdentity(mode="random", source=f"random-init seed={seed}", sha256=sha, seed=seed,
-                                       file=Path(where).name if where else None)
-        if sha != identity.sha256:
-            raise NarratorError(f"{where or identity.source}: EnCodec weights sha256 {sha[:12]} differ from the "
-                                f"{identity.sha256[:12]} the tokens were made with ({identity.source})")
+        identity = checked_identity(state_dict_sha256(model.state_dict()), identity, f"random-init seed={cfg.weights.seed}",
+                                    cfg.weights.seed, where, "EnCodec")
         self = cls.__new__(cls)
         self._setup(cfg, model, identity, device)
         return self
 
     def save_weights(self, path: str | Path) -> None:
         """Write the weights as safetensors (atomically) and record the file name in the identity."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp))
-        os.replace(tmp, path)
-        self._identity.file = path.name
+        save_weights(self.model.state_dict(), Path(path))
+        self._identity.file = Path(path).name
 
     def _setup(self, cfg: EncodecConfig, model: EncodecModel, identity: WeightsIdentity, device: str | torch.device) -> None:
         self.cfg = cfg
@@ -213,16 +197,6 @@ def load_tokenizer(info: StreamInfo, device: str | torch.device = "cpu", checkpo
         raise NarratorError(f"{got.source}: EnCodec weights sha256 {got.sha256[:12]} differ from the "
                             f"{info.weights.sha256[:12]} the tokens were made with ({info.weights.source})")
     return tokenizer
-
-
-def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes of every tensor, in key order."""
-    h = hashlib.sha256()
-    for name, tensor in state_dict.items():
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def synthetic_speech(seconds: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -21,7 +21,6 @@ random weights, 98.3% with tiny.en) and cost one 30 s encoder pass per window a 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,14 +30,13 @@ import soxr
 import torch
 import torch.nn.functional as F
 import whisper
-from safetensors.torch import load_file, save_file
 from whisper.model import AudioEncoder, ModelDimensions
 
 from narrator.errors import NarratorError
 from narrator.tokenizers.audio import n_samples
 from narrator.tokenizers.chunking import ChunkSpec
 from narrator.tokenizers.config import SAMPLE_RATE, WhisperConfig
-from narrator.tokenizers.encodec import state_dict_sha256
+from narrator.tokenizers.weights import checked_identity, read_weights, save_weights, state_dict_sha256
 from narrator.tokenizers.manifest import WeightsIdentity
 
 log = logging.getLogger(__name__)
@@ -114,15 +112,10 @@ class WhisperEmbedder:
         """The embedder whose encoder weights were saved to `path` (random weights kept beside their tokens),
         refused unless they are exactly `identity`'s. Without `identity`, they are cfg's random weights."""
         path = Path(path)
-        if not path.is_file():
-            raise NarratorError(f"{path}: Whisper weights file not found")
+        state = read_weights(path, "Whisper")
         if identity is None:
             log.warning("Whisper weights: RANDOM init (%s, seed=%d, built earlier, loaded from %s) - embeddings are "
                         "meaningless for a real model", cfg.model, cfg.weights.seed, path)
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            raise NarratorError(f"{path}: unreadable Whisper weights file ({type(e).__name__})") from None
         return cls.from_state_dict(cfg, state, identity, device, where=str(path))
 
     @classmethod
@@ -131,25 +124,16 @@ class WhisperEmbedder:
         """An embedder with exactly these encoder weights (Ray actors get the driver's: no download, no
         rebuild), refused unless they are `identity`'s. Without `identity`, they are cfg's random weights."""
         encoder = _load_encoder(state_dict, WHISPER_ENCODERS[cfg.model], where or "state_dict")
-        sha = state_dict_sha256(encoder.state_dict())
-        if identity is None:
-            seed = cfg.weights.seed
-            identity = WeightsIdentity(mode="random", source=f"random-init {cfg.model} seed={seed}", sha256=sha,
-                                       seed=seed, file=Path(where).name if where else None)
-        if sha != identity.sha256:
-            raise NarratorError(f"{where or identity.source}: Whisper weights sha256 {sha[:12]} differ from the "
-                                f"{identity.sha256[:12]} the tokens were made with ({identity.source})")
+        identity = checked_identity(state_dict_sha256(encoder.state_dict()), identity,
+                                    f"random-init {cfg.model} seed={cfg.weights.seed}", cfg.weights.seed, where, "Whisper")
         self = cls.__new__(cls)
         self._setup(cfg, encoder, identity, device)
         return self
 
     def save_weights(self, path: str | Path) -> None:
         """Write the encoder's weights as safetensors (atomically) and record the file name in the identity."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}, str(tmp))
-        os.replace(tmp, path)
-        self._identity.file = path.name
+        save_weights(self.encoder.state_dict(), Path(path))
+        self._identity.file = Path(path).name
 
     def _setup(self, cfg: WhisperConfig, encoder: AudioEncoder, identity: WeightsIdentity,
                device: str | torch.device) -> None:
