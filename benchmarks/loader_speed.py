@@ -1,8 +1,9 @@
 """Training-loader throughput (tokens/s per process) on synthetic token shards.
 
-    python benchmarks/loader_speed.py [--chunks 200] [--seconds 30] [--codebooks 4] [--workers 0]
+    python benchmarks/loader_speed.py [--chunks 200] [--seconds 30] [--codebooks 4] [--workers 0] [--layout flat]
 
-Writes random int16 codes as real shards + manifest in a temporary folder, then times the batches
+Writes random int16 codes as real shards + manifest in a temporary folder (with a semantic stream
+of random ids beside the acoustic one when --layout needs it), then times the batches
 of `build_train_loader` (after the first one, so worker start-up is not counted) and prints a
 markdown table row.
 """
@@ -18,27 +19,38 @@ import numpy as np
 
 from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import build_train_loader, build_val_loader
+from narrator.streaming.layout import LAYOUTS
 from narrator.tokenizers.manifest import ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity
 from narrator.tokenizers.shards import ChunkRecord, ShardWriter
 
 FRAME_RATE = 75
 
 
-def write_synthetic(out: Path, chunks: int, seconds: float, codebooks: int, chunks_per_shard: int = 64) -> Manifest:
+def write_synthetic(out: Path, chunks: int, seconds: float, codebooks: int, chunks_per_shard: int = 64,
+                    streams: tuple[str, ...] = (ACOUSTIC,)) -> Manifest:
     """One book of `chunks` chunks of random codes, in shards of `chunks_per_shard` (consecutive slices of it)."""
-    tok = StreamInfo(name=ACOUSTIC, kind="encodec", sample_rate=24000, frame_rate=FRAME_RATE, n_codebooks=codebooks,
-                     codebook_size=1024, config={}, config_hash="synthetic",
-                     weights=WeightsIdentity(mode="random", source="synthetic", sha256="0"), bandwidth=3.0)
-    manifest, rng, frames = Manifest(streams=[tok]), np.random.default_rng(0), round(seconds * FRAME_RATE)
+    weights = WeightsIdentity(mode="random", source="synthetic", sha256="0")
+    infos = {ACOUSTIC: StreamInfo(name=ACOUSTIC, kind="encodec", sample_rate=24000, frame_rate=FRAME_RATE,
+                                  n_codebooks=codebooks, codebook_size=1024, config={}, config_hash="synthetic",
+                                  weights=weights, bandwidth=3.0),
+             "semantic": StreamInfo(name="semantic", kind="whisper-kmeans", sample_rate=16000, frame_rate=50.0,
+                                    n_codebooks=1, codebook_size=1024, config={}, config_hash="synthetic-semantic",
+                                    weights=weights)}
+    manifest, rng = Manifest(streams=[infos[s] for s in streams]), np.random.default_rng(0)
+    slots = round(seconds / 0.04)
     for part, first in enumerate(range(0, chunks, chunks_per_shard)):
-        path = f"shards/{ACOUSTIC}/{part:06d}.tar"
-        with ShardWriter(out / path) as writer:
-            for c in range(first, min(first + chunks_per_shard, chunks)):
-                writer.write(ChunkRecord("book", c, c * seconds, (c + 1) * seconds, frames, ACOUSTIC),
-                             rng.integers(0, 1024, (codebooks, frames), dtype=np.int16))
-            shard = writer.close()
-        manifest.shards.append(ShardEntry(part, ["book"], shard.samples,
-                                          {ACOUSTIC: ShardFile(path, shard.tokens, shard.bytes, shard.sha256)}))
+        files = {}
+        for stream in streams:
+            path = f"shards/{stream}/{part:06d}.tar"
+            frames = slots * (3 if stream == ACOUSTIC else 2)
+            with ShardWriter(out / path) as writer:
+                for c in range(first, min(first + chunks_per_shard, chunks)):
+                    record = ChunkRecord("book", c, c * seconds, (c + 1) * seconds, frames, stream)
+                    shape = (codebooks, frames) if stream == ACOUSTIC else frames  # semantic ids are 1-D
+                    writer.write(record, rng.integers(0, 1024, shape, dtype=np.int16))
+                shard = writer.close()
+            files[stream] = ShardFile(path, shard.tokens, shard.bytes, shard.sha256)
+        manifest.shards.append(ShardEntry(part, ["book"], min(chunks_per_shard, chunks - first), files))
     manifest.books.append(BookEntry("book", "synthetic", chunks * seconds, round(chunks * seconds / 0.04), chunks,
                                     [s.index for s in manifest.shards]))
     manifest.save(out / "manifest.json")
@@ -54,12 +66,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--batches", type=int, default=400)
+    ap.add_argument("--layout", default="flat", choices=list(LAYOUTS))
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        manifest = write_synthetic(out, args.chunks, args.seconds, args.codebooks)
-        cfg = DataConfig(manifest=str(out), num_workers=args.workers)
+        manifest = write_synthetic(out, args.chunks, args.seconds, args.codebooks, streams=LAYOUTS[args.layout])
+        cfg = DataConfig(manifest=str(out), num_workers=args.workers, layout=args.layout)
         t0 = time.perf_counter()
         val = build_val_loader(cfg, manifest, out, args.block, args.batch, rank=0, world_size=1)
         val_s = time.perf_counter() - t0
@@ -70,10 +83,11 @@ def main() -> None:
             x = next(it).x
         elapsed = time.perf_counter() - t0
     tokens_per_s = args.batches * x.numel() / elapsed
-    print("| data | block x batch | workers | train tokens/s | val windows | val build s |")
-    print("|---|---|---|---|---|---|")
+    print("| data | layout | block x batch | workers | train tokens/s | val windows | val build s |")
+    print("|---|---|---|---|---|---|---|")
     print(f"| {args.chunks} chunks x {args.seconds:g} s x {args.codebooks} cb ({manifest.total_tokens / 1e6:.1f} M tokens) "
-          f"| {args.block} x {args.batch} | {args.workers} | {tokens_per_s / 1e6:.2f} M | {len(val.dataset)} | {val_s:.2f} |")
+          f"| {args.layout} | {args.block} x {args.batch} | {args.workers} | {tokens_per_s / 1e6:.2f} M | {len(val.dataset)} "
+          f"| {val_s:.2f} |")
 
 
 if __name__ == "__main__":

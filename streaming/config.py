@@ -11,14 +11,23 @@ from narrator.errors import ConfigError
 @dataclass
 class DataConfig:
     manifest: str = ""  # token folder or its manifest.json (required)
-    layout: Literal["flat"] = "flat"  # codebooks interleaved frame by frame
-    shared_vocab: bool = False  # true: all codebooks share ids 0..1023 (no per-codebook offsets)
+    # How the token streams become one sequence (streaming/layout.py): "flat" (alias "acoustic"): EnCodec
+    # codebooks interleaved frame by frame; "semantic": k-means ids only; "interleaved": per 40 ms slot its
+    # 2 semantic ids then its 3 acoustic frames; "prefix": per window the semantic ids, a separator, the
+    # acoustic tokens of the same slots. All but flat need a `semantic` stream in the token folder.
+    layout: Literal["flat", "acoustic", "semantic", "interleaved", "prefix"] = "flat"
+    shared_vocab: bool = False  # flat only; true: all codebooks share ids 0..1023 (no per-codebook offsets)
     val_center: float = 0.5  # where a long book's validation window sits, as a fraction of its duration
     val_fraction: float = 0.05  # held out for validation: this share of each long book, and of the short recordings
     long_book_seconds: float = 60.0  # shorter recordings are held out whole (by a hash of their id), not cut
     shuffle_buffer: int = 256  # training windows held for shuffling
     num_workers: int = 1  # DataLoader workers per process
     seed: int = 1337
+
+    @property
+    def layout_name(self) -> str:
+        """The layout's canonical name, as checkpoints record it ("acoustic" is "flat")."""
+        return "flat" if self.layout == "acoustic" else self.layout
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_center <= 1.0:

@@ -1,11 +1,13 @@
 """Token shards -> training and validation windows, as a webdataset pipeline behind a DataLoader.
 
-One pipeline per pass: shard source -> `wds.tarfile_to_samples` -> the chunk segments of one split
--> one continuous token stream -> windows of block_size + 1 tokens (-> shuffle buffer, for training).
-The stream crosses chunk boundaries: consecutive chunks of a book are exact consecutive slices of
-its tokens, so they are joined, and everything else (the next recording, a gap, a validation window
-cut out of a book) is packed behind one boundary frame. Windows are cut every block_size tokens
-(rounded to whole frames), so nearly every token lands in a window once per epoch.
+One pipeline per pass: for each planned shard, the tars of every stream the layout reads
+(`wds.tarfile_to_samples` each), read in lockstep and joined by sample key -> the chunk parts of
+one split, cut on the 40 ms slot grid -> `layout.pack` -> one continuous token stream -> windows
+(`layout.cut`, `layout.to_window`) (-> shuffle buffer, for training). The stream crosses chunk
+boundaries: consecutive chunks of a book are exact consecutive slices of its tokens, so they are
+joined, and everything else (the next recording, a gap, a validation window cut out of a book) is
+packed behind one boundary unit. Windows are cut every block_size tokens (rounded to whole units),
+so nearly every token lands in a window once per epoch.
 
 Every (rank, worker) slot of a run reads its own share of the shards; training loops over epochs
 without end, so ranks that were dealt fewer tokens never starve or hang. Validation windows are
@@ -14,6 +16,7 @@ read once and kept in memory.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import Iterable, Iterator
@@ -29,18 +32,38 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
-from narrator.streaming.layout import Layout, make_layout
-from narrator.streaming.split import held_out_slots, split_chunk
-from narrator.tokenizers.manifest import ACOUSTIC, MANIFEST_NAME, Manifest, StreamInfo
+from narrator.streaming.layout import LAYOUTS, SLOT_FRAMES, Layout, StreamShape, make_layout
+from narrator.streaming.split import held_out_slots, split_span
+from narrator.tokenizers.manifest import ACOUSTIC, MANIFEST_NAME, SLOT_SECONDS, Manifest
 from narrator.tokenizers.shards import ChunkRecord, decode_npy
 
 REMOTE_SCHEMES = ("http", "https")  # opened by webdataset's gopen with curl (no shell)
 
 
-def data_vocab(cfg: DataConfig, manifest: Manifest) -> tuple[Layout, int]:
-    """The layout this data is read with and its vocabulary size (codes + boundary token), for checking a model."""
-    tok = manifest.stream(ACOUSTIC)
-    layout = make_layout(cfg.layout, tok.n_codebooks, tok.codebook_size, cfg.shared_vocab)
+def data_vocab(cfg: DataConfig, manifest: Manifest, where: str | Path = MANIFEST_NAME) -> tuple[Layout, int]:
+    """The layout this data is read with and its vocabulary size (stream ids + special tokens), for checking a model.
+
+    Refuses a layout that needs a stream the token folder lacks, or a stream off the 40 ms slot grid.
+    """
+    needed = LAYOUTS.get(cfg.layout)
+    if needed is None:
+        make_layout(cfg.layout, {})  # the one-line "unknown layout" error
+    present = [s.name for s in manifest.streams]
+    missing = [s for s in needed if s not in present]
+    if missing:
+        raise NarratorError(f"{where}: layout {cfg.layout!r} reads the {' and '.join(missing)} stream, which this "
+                            f"token folder lacks (streams: {', '.join(present) or 'none'}); tokenize it first")
+    shapes = {}
+    for name in needed:
+        info = manifest.stream(name, where)
+        if abs(info.frame_rate * SLOT_SECONDS - SLOT_FRAMES[name]) > 1e-6:
+            raise NarratorError(f"{where}: stream {name!r} has {info.frame_rate:g} frames/s, not {SLOT_FRAMES[name]} "
+                                f"per {SLOT_SECONDS:g} s slot ({SLOT_FRAMES[name] / SLOT_SECONDS:g}/s)")
+        try:
+            shapes[name] = StreamShape(name, info.n_codebooks, info.codebook_size)
+        except ValueError as e:
+            raise NarratorError(f"{where}: stream {name!r}: {e}") from None
+    layout = make_layout(cfg.layout, shapes, shared_vocab=cfg.shared_vocab)
     return layout, layout.vocab_size
 
 
@@ -116,109 +139,123 @@ class TrainBatch(NamedTuple):
 
 @dataclass
 class _Piece:
-    """A run of consecutive frames of one book, as tokens."""
+    """A run of consecutive slots of one book, as tokens."""
 
     book: str
-    start: int  # absolute frame in the book
+    start: int  # absolute slot in the book
+    slots: int
     tokens: np.ndarray
+
+
+ShardFiles = dict[str, str]  # one planned shard: stream -> its tar's path or URL, the reference stream first
 
 
 @dataclass
 class TokenShards:
-    """A manifest's checked shards and what is needed to cut their chunks into windows."""
+    """A manifest's checked shards (every stream the layout reads) and what is needed to cut them into windows."""
 
     where: str  # the manifest file, for messages
-    urls: list[str]
+    urls: list[ShardFiles]  # per planned shard, in plan order
     shard_samples: list[int]  # chunks per shard, as the manifest says
-    stream: str
-    frame_rate: float
     layout: Layout
-    val_frames: dict[str, tuple[int, int]]  # book id -> its held-out frames [start, end) of this stream
+    val_slots: dict[str, tuple[int, int]]  # book id -> its held-out 40 ms slots [start, end)
 
     @classmethod
     def open(cls, cfg: DataConfig, manifest: Manifest, manifest_dir: Path) -> "TokenShards":
-        layout, _ = data_vocab(cfg, manifest)
-        info = manifest.stream(ACOUSTIC, Path(manifest_dir) / MANIFEST_NAME)
+        where = Path(manifest_dir) / MANIFEST_NAME
+        layout, _ = data_vocab(cfg, manifest, where)
+        # The reference stream's frames say how many slots a chunk has; the others must agree.
+        order = sorted(layout.streams, key=lambda s: s != (ACOUSTIC if ACOUSTIC in layout.streams else layout.streams[0]))
+        per_stream = {s: shard_urls(manifest, manifest_dir, s) for s in order}
         return cls(
-            where=str(Path(manifest_dir) / MANIFEST_NAME),
-            urls=shard_urls(manifest, manifest_dir, ACOUSTIC),
+            where=str(where),
+            urls=[{s: per_stream[s][i] for s in order} for i in range(len(manifest.shards))],
             shard_samples=[s.samples for s in manifest.shards],
-            stream=ACOUSTIC,
-            frame_rate=info.frame_rate,
             layout=layout,
-            val_frames={book: (a * info.frames_per_slot, b * info.frames_per_slot)
-                        for book, (a, b) in held_out_slots(manifest.books, cfg).items()},
+            val_slots=held_out_slots(manifest.books, cfg),
         )
 
     def stride(self, block_size: int) -> int:
-        """Tokens between window starts: whole frames, at most block_size + 1 so windows leave no gap.
+        """Tokens between window starts (`Layout.cut`)."""
+        return self.layout.cut(block_size).stride
 
-        With block_size a multiple of the frame, consecutive windows share one token (the last
-        target of one is the first input of the next) and every token is an input or a target.
-        """
-        tpf = self.layout.tokens_per_frame
-        return max(1, (block_size + 1) // tpf) * tpf
-
-    def token_stream(self, urls: list[str], split: Literal["train", "val"], keep: slice = slice(None)) -> Iterator[np.ndarray]:
-        """The tokens of `split` in `urls`, in order, with a boundary frame wherever two pieces do not join.
+    def token_stream(self, shards: list[ShardFiles], split: Literal["train", "val"],
+                     keep: slice = slice(None)) -> Iterator[np.ndarray]:
+        """The tokens of `split` in `shards`, in order, with a boundary unit wherever two pieces do not join.
 
         `keep` selects chunks by position in the shards' concatenated samples.
         """
-        source = _ShardSource(urls)
-        pipeline = wds.DataPipeline(
-            source,
-            wds.tarfile_to_samples(handler=source.fail),
-            lambda samples: itertools.islice(samples, keep.start, keep.stop),
-            lambda samples: self._pieces(samples, split),
-        )
-        last = None  # (book, frame after the previous piece)
-        for piece in pipeline:
+        chunks = itertools.chain.from_iterable(_joined(files) for files in shards)
+        last = None  # (book, slot after the previous piece)
+        for piece in self._pieces(itertools.islice(chunks, keep.start, keep.stop), split):
             if last is not None and last != (piece.book, piece.start):
-                yield self.layout.boundary_frame
+                yield self.layout.boundary_unit
             yield piece.tokens
-            last = (piece.book, piece.start + len(piece.tokens) // self.layout.tokens_per_frame)
+            last = (piece.book, piece.start + piece.slots)
 
-    def _pieces(self, samples: Iterator[dict], split: str) -> Iterator[_Piece]:
-        """Token runs of `split` from each chunk; a chunk's npy is decoded only when it holds one."""
-        field = f"{self.stream}.npy"
-        for sample in samples:
-            url, key = sample["__url__"], sample["__key__"]
-            if field not in sample or "json" not in sample:
-                raise NarratorError(f"{url}: sample {key} lacks '{field}' or 'json' (not a {self.stream} token shard)")
-            try:
-                record = ChunkRecord(**json.loads(sample["json"]))
-            except (ValueError, TypeError) as e:
-                raise NarratorError(f"{url}: sample {key} has a malformed json record ({e})") from None
-            if record.book not in self.val_frames:
-                raise NarratorError(f"{url}: sample {key} belongs to book {record.book!r}, which {self.where} does not list")
-            parts = [s for s in split_chunk(record, self.frame_rate, self.val_frames[record.book]) if s.split == split]
+    def _pieces(self, chunks: Iterator[dict[str, dict]], split: str) -> Iterator[_Piece]:
+        """Token runs of `split` from each chunk (cut on the slot grid); its npys are decoded only when it holds one."""
+        for samples in chunks:
+            records = {stream: self._record(stream, sample) for stream, sample in samples.items()}
+            ref, ref_record = next(iter(records.items()))
+            url, key = samples[ref]["__url__"], samples[ref]["__key__"]
+            fps = SLOT_FRAMES[ref]
+            if ref_record.frames % fps:
+                raise NarratorError(f"{url}: sample {key} has {ref_record.frames} frames, not whole 40 ms slots of {fps}")
+            slots = ref_record.frames // fps
+            for stream, record in records.items():
+                if record.frames != slots * SLOT_FRAMES[stream]:
+                    raise NarratorError(f"{samples[stream]['__url__']}: sample {key} has {record.frames} frames but "
+                                        f"{url} has {ref_record.frames} for {slots} slots")
+            if ref_record.book not in self.val_slots:
+                raise NarratorError(f"{url}: sample {key} belongs to book {ref_record.book!r}, which {self.where} "
+                                    "does not list")
+            first = round(ref_record.start_s / SLOT_SECONDS)
+            parts = [p for p in split_span(first, slots, self.val_slots[ref_record.book]) if p.split == split]
             if not parts:
                 continue
-            codes = self._codes(sample[field], record, url, key)
+            frames = {stream: self._frames(stream, samples[stream], records[stream]) for stream in samples}
             for part in parts:
-                yield _Piece(record.book, part.book_start, self.layout.to_tokens(codes[:, part.start : part.end]))
+                pieces = {stream: self.layout.infos[stream].array(
+                          f[:, part.start * SLOT_FRAMES[stream] : part.end * SLOT_FRAMES[stream]])
+                          for stream, f in frames.items()}
+                yield _Piece(ref_record.book, part.book_start, part.frames, self.layout.pack(pieces))
 
-    def _codes(self, data: bytes, record: ChunkRecord, url: str, key: str) -> np.ndarray:
+    @staticmethod
+    def _record(stream: str, sample: dict) -> ChunkRecord:
+        url, key, field = sample["__url__"], sample["__key__"], f"{stream}.npy"
+        if field not in sample or "json" not in sample:
+            raise NarratorError(f"{url}: sample {key} lacks '{field}' or 'json' (not a {stream} token shard)")
         try:
-            codes = decode_npy(data)
+            return ChunkRecord(**json.loads(sample["json"]))
+        except (ValueError, TypeError) as e:
+            raise NarratorError(f"{url}: sample {key} has a malformed json record ({e})") from None
+
+    def _frames(self, stream: str, sample: dict, record: ChunkRecord) -> np.ndarray:
+        """The sample's codes as int64 [n_codebooks, frames], refusing a wrong shape or an id out of range."""
+        url, key = sample["__url__"], sample["__key__"]
+        try:
+            codes = decode_npy(sample[f"{stream}.npy"])
         except (ValueError, EOFError) as e:
             raise NarratorError(f"{url}: sample {key} holds an unreadable npy ({e})") from None
-        shape = [self.layout.n_codebooks, record.frames]
-        if list(codes.shape) != shape or codes.dtype.kind not in "iu":
-            raise NarratorError(f"{url}: sample {key} holds {codes.dtype} codes of shape {list(codes.shape)}, "
-                                f"expected integers of shape {shape}")
-        if codes.size and (codes.min() < 0 or codes.max() >= self.layout.codebook_size):
-            raise NarratorError(f"{url}: sample {key} holds codes outside [0, {self.layout.codebook_size})")
-        return codes
+        try:
+            frames = self.layout.infos[stream].frames(codes)
+        except ValueError as e:
+            raise NarratorError(f"{url}: sample {key}: {e}") from None
+        if frames.shape[1] != record.frames:
+            raise NarratorError(f"{url}: sample {key} holds {frames.shape[1]} frames, its json record says {record.frames}")
+        return frames
 
     def windows(self, stream: Iterable[np.ndarray], block_size: int, rotate: int = 0, epoch: int = 0) -> Iterator[Window]:
-        """Windows of block_size + 1 tokens cut from `stream` every `stride` tokens; the last carries the coverage.
+        """Windows of block_size + 1 tokens cut from `stream` (`Layout.cut`, `Layout.to_window`); the last
+        carries the coverage.
 
         `rotate` > 0 holds the stream's first `rotate` tokens back and cuts them last, behind a
-        boundary frame: a different cut every epoch, and still at most one partial window lost.
+        boundary unit: a different cut every epoch, and still at most one partial window lost.
         """
         boundary = self.layout.boundary_token
-        cutter = _Cutter(block_size + 1, self.stride(block_size), boundary)
+        cut = self.layout.cut(block_size)
+        cutter = _Cutter(cut.length, cut.stride, boundary)
         held, tokens, last = [], 0, None
         for piece in stream:
             tokens += int(np.count_nonzero(piece != boundary))
@@ -227,16 +264,41 @@ class TokenShards:
                 piece, rotate = piece[rotate:], rotate - len(held[-1])
             for window in cutter.feed(piece):
                 if last is not None:
-                    yield Window(last)
+                    yield Window(self.layout.to_window(last, block_size))
                 last = window
         if held:
             tail = np.concatenate(held)
-            for window in cutter.feed(np.concatenate([self.layout.boundary_frame, tail]) if cutter.fed else tail):
+            for window in cutter.feed(np.concatenate([self.layout.boundary_unit, tail]) if cutter.fed else tail):
                 if last is not None:
-                    yield Window(last)
+                    yield Window(self.layout.to_window(last, block_size))
                 last = window
         if last is not None:
-            yield Window(last, EpochCoverage(epoch, tokens, cutter.covered))
+            yield Window(self.layout.to_window(last, block_size), EpochCoverage(epoch, tokens, cutter.covered))
+
+
+def _joined(files: ShardFiles) -> Iterator[dict[str, dict]]:
+    """One planned shard's samples, {stream: sample} per chunk, its streams' tars read in lockstep.
+
+    Refuses tars whose keys differ, naming both sides: the streams must hold the same chunks in the same order.
+    """
+    names = list(files)
+    for samples in itertools.zip_longest(*(_tar_samples(files[s]) for s in names)):
+        if any(sample is None for sample in samples):
+            done = [n for n, sample in zip(names, samples) if sample is None]
+            more = next((n, sample) for n, sample in zip(names, samples) if sample is not None)
+            raise NarratorError(f"{files[done[0]]}: ends before {files[more[0]]}, which goes on with sample "
+                                f"{more[1]['__key__']} (the streams' shards must hold the same chunks)")
+        keys = [sample["__key__"] for sample in samples]
+        for name, sample_key in zip(names[1:], keys[1:]):
+            if sample_key != keys[0]:
+                raise NarratorError(f"{files[name]}: sample {sample_key} where {files[names[0]]} has sample {keys[0]} "
+                                    "(the streams' shards must hold the same chunks in the same order)")
+        yield dict(zip(names, samples))
+
+
+def _tar_samples(url: str) -> Iterator[dict]:
+    """The samples of one tar; any read error ends the run with one line naming it."""
+    return wds.tarfile_to_samples(handler=functools.partial(_fail, url))(iter([{"url": url}]))
 
 
 class _Cutter:
@@ -267,25 +329,13 @@ class _Cutter:
             self.buffer, self.position = self.buffer[self.stride:], self.position + self.stride
 
 
-class _ShardSource:
-    """The pipeline's first stage: yields each shard's URL and remembers which one is being read."""
-
-    def __init__(self, urls: list[str]):
-        self.urls = urls
-        self.current: str | None = None
-
-    def __call__(self) -> Iterator[dict]:
-        for url in self.urls:
-            self.current = url
-            yield {"url": url}
-
-    def fail(self, exn: Exception) -> NoReturn:
-        """tarfile_to_samples' handler: any read error ends the run, naming the shard it came from."""
-        if isinstance(exn, OSError) and exn.strerror:
-            detail = exn.strerror
-        else:  # webdataset appends " @ <file object>" and extra args; keep the reason only
-            detail = str(exn.args[0]).split(" @ ")[0] if exn.args else type(exn).__name__
-        raise NarratorError(f"shard {self.current} is truncated or corrupt: {detail}") from None
+def _fail(url: str, exn: Exception) -> NoReturn:
+    """tarfile_to_samples' handler: any read error ends the run, naming the shard it came from."""
+    if isinstance(exn, OSError) and exn.strerror:
+        detail = exn.strerror
+    else:  # webdataset appends " @ <file object>" and extra args; keep the reason only
+        detail = str(exn.args[0]).split(" @ ")[0] if exn.args else type(exn).__name__
+    raise NarratorError(f"shard {url} is truncated or corrupt: {detail}") from None
 
 
 def _pairs(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -368,8 +418,8 @@ class TrainWindows(IterableDataset):
             slot, slots = 0, 1
         order, keep = slot_plan(self.shards.shard_samples, self.seed, epoch, slot, slots)
         rng = np.random.default_rng([self.seed, self.rank, worker, epoch])
-        tpf = self.shards.layout.tokens_per_frame
-        rotate = int(rng.integers(self.shards.stride(self.block_size) // tpf)) * tpf  # whole frames, < one stride
+        unit = self.shards.layout.unit_tokens
+        rotate = int(rng.integers(self.shards.stride(self.block_size) // unit)) * unit  # whole units, < one stride
         stream = self.shards.token_stream([urls[i] for i in order], "train", keep)
         windows = self.shards.windows(stream, self.block_size, rotate, epoch)
         if self.shuffle_buffer > 1:

@@ -77,8 +77,15 @@ def split_chunk(record: ChunkRecord, frame_rate: float, window: tuple[int, int])
 
     Empty parts are left out; segments come in chunk order.
     """
-    first = round(record.start_s * frame_rate)
-    lo = min(max(window[0] - first, 0), record.frames)  # window bounds, clipped to the chunk
-    hi = min(max(window[1] - first, lo), record.frames)
-    parts = [Segment("train", 0, lo, first), Segment("val", lo, hi, first + lo), Segment("train", hi, record.frames, first + hi)]
+    return split_span(round(record.start_s * frame_rate), record.frames, window)
+
+
+def split_span(first: int, length: int, window: tuple[int, int]) -> list[Segment]:
+    """`length` units (frames or slots) from unit `first` of a book, cut around the held-out units `window`.
+
+    The loader cuts every chunk in 40 ms slots this way, so all streams of a chunk split at the same instants.
+    """
+    lo = min(max(window[0] - first, 0), length)  # window bounds, clipped to the chunk
+    hi = min(max(window[1] - first, lo), length)
+    parts = [Segment("train", 0, lo, first), Segment("val", lo, hi, first + lo), Segment("train", hi, length, first + hi)]
     return [s for s in parts if s.frames > 0]

@@ -38,53 +38,74 @@ def one_torch_thread():
 
 def make_token_folder(out: str | Path, books: int = 2, seconds: float | Sequence[float] = 20.0, n_codebooks: int = 4,
                       chunk_seconds: float = 5.0, samples_per_shard: int = 2, seed: int = 0,
-                      codes: Literal["random", "position"] = "random") -> Path:
+                      codes: Literal["random", "position"] = "random", streams: Sequence[str] = (ACOUSTIC,),
+                      semantic_k: int | None = None) -> Path:
     """A token folder as `narrator tokenize` writes it (shards + manifest.json, format narrator-tokens/2).
 
     `books` recordings `book0, book1, ...` of `seconds` each (or one per entry of a list of
     durations), cut into chunks of `chunk_seconds` (a shorter recording is one short chunk), packed
     into shards of `samples_per_shard` chunks back to back, so a shard may hold many books and a
-    book may continue in the next shard. codes "random": int16 codes < 16 (learnable in a few
-    steps); "position": codebook 0 = frame % 1024, 1 = frame // 1024 (absolute frame in the book),
-    2 = book index, 3 = chunk index, so every token tells where it came from.
+    book may continue in the next shard. `streams`: "acoustic" (EnCodec codes [n_codebooks, 3 per
+    slot] at 75 Hz) and/or "semantic" (k-means ids [2 per slot] at 50 Hz, `semantic_k` of them),
+    each in its own shard set with identical keys. codes "random": ids < 16 (learnable in a few
+    steps); "position": acoustic codebook 0 = frame % 1024, 1 = frame // 1024 (absolute frame in the
+    book), 2 = book index, 3 = chunk index; semantic id = 4096 * book index + absolute semantic frame
+    (k 32768: at most 8 books of < 82 s), so every token tells where it came from.
     """
     out = Path(out)
-    frame_rate = 75
     durations = [float(seconds)] * books if isinstance(seconds, (int, float)) else [float(s) for s in seconds]
-    info = StreamInfo(name=ACOUSTIC, kind="encodec", sample_rate=24000, frame_rate=float(frame_rate),
-                      n_codebooks=n_codebooks, codebook_size=1024, config={"test": True}, config_hash="test-tokens",
-                      weights=WeightsIdentity(mode="random", source="random-init seed=0", sha256="0" * 64, seed=0),
-                      bandwidth={2: 1.5, 4: 3.0, 8: 6.0}.get(n_codebooks, 3.0))
-    manifest = Manifest(streams=[info])
+    semantic_k = semantic_k or (32768 if codes == "position" else 64)
+    weights = WeightsIdentity(mode="random", source="random-init seed=0", sha256="0" * 64, seed=0)
+    infos = {
+        ACOUSTIC: StreamInfo(name=ACOUSTIC, kind="encodec", sample_rate=24000, frame_rate=75.0, n_codebooks=n_codebooks,
+                             codebook_size=1024, config={"test": True}, config_hash="test-tokens", weights=weights,
+                             bandwidth={2: 1.5, 4: 3.0, 8: 6.0}.get(n_codebooks, 3.0)),
+        "semantic": StreamInfo(name="semantic", kind="whisper-kmeans", sample_rate=16000, frame_rate=50.0, n_codebooks=1,
+                               codebook_size=semantic_k, config={"test": True, "k": semantic_k},
+                               config_hash="test-semantic", weights=weights),
+    }
+    manifest = Manifest(streams=[infos[s] for s in streams])
     rng = np.random.default_rng(seed)
-    chunk_frames = round(chunk_seconds * frame_rate)
-    plan = []  # (book index, chunk, first frame, frames), in plan order
+    chunk_slots = round(chunk_seconds / 0.04)
+    plan = []  # (book index, chunk, first slot, slots), in plan order
     for b, duration in enumerate(durations):
-        slots = max(1, round(duration / 0.04))  # books are whole 40 ms slots of 3 frames
-        total = 3 * slots
-        plan += [(b, c, first, min(chunk_frames, total - first)) for c, first in enumerate(range(0, total, chunk_frames))]
-        manifest.books.append(BookEntry(f"book{b}", f"book{b}.wav", total / frame_rate, slots,
-                                        len(range(0, total, chunk_frames)), []))
+        slots = max(1, round(duration / 0.04))  # books are whole 40 ms slots
+        plan += [(b, c, first, min(chunk_slots, slots - first)) for c, first in enumerate(range(0, slots, chunk_slots))]
+        manifest.books.append(BookEntry(f"book{b}", f"book{b}.wav", slots * 0.04, slots,
+                                        len(range(0, slots, chunk_slots)), []))
+    if codes == "position" and "semantic" in streams and (len(durations) > 8 or max(b.slots for b in manifest.books) > 2048):
+        raise ValueError("position-coded semantic ids fit at most 8 books of < 82 s")
     for part, first_sample in enumerate(range(0, len(plan), samples_per_shard)):
-        path, names = f"shards/{ACOUSTIC}/{part:06d}.tar", []
-        with ShardWriter(out / path) as writer:
-            for b, c, first, frames in plan[first_sample : first_sample + samples_per_shard]:
-                book = manifest.books[b]
-                if codes == "random":  # few codes: learnable in a few steps
-                    chunk_codes = rng.integers(0, 16, (n_codebooks, frames), dtype=np.int16)
-                else:
-                    at = np.arange(first, first + frames)
-                    chunk_codes = np.stack([at % 1024, at // 1024, np.full_like(at, b), np.full_like(at, c)][:n_codebooks])
-                writer.write(ChunkRecord(book.id, c, first / frame_rate, (first + frames) / frame_rate, frames,
-                                         ACOUSTIC), chunk_codes)
-                if book.id not in names:
-                    names.append(book.id)
-                    book.shards.append(part)
-            shard = writer.close()
-        manifest.shards.append(ShardEntry(part, names, shard.samples,
-                                          {ACOUSTIC: ShardFile(path, shard.tokens, shard.bytes, shard.sha256)}))
+        names, files = [], {}
+        for stream in streams:
+            path = f"shards/{stream}/{part:06d}.tar"
+            with ShardWriter(out / path, path) as writer:
+                for b, c, first, slots in plan[first_sample : first_sample + samples_per_shard]:
+                    record = ChunkRecord(f"book{b}", c, first * 0.04, (first + slots) * 0.04,
+                                         slots * (3 if stream == ACOUSTIC else 2), stream)
+                    writer.write(record, _chunk_codes(stream, codes, rng, b, c, first, slots, n_codebooks, semantic_k))
+                    if f"book{b}" not in names:
+                        names.append(f"book{b}")
+                shard = writer.close()
+            files[stream] = ShardFile(path, shard.tokens, shard.bytes, shard.sha256)
+        for name in names:
+            manifest.books[int(name[4:])].shards.append(part)
+        manifest.shards.append(ShardEntry(part, names, len(plan[first_sample : first_sample + samples_per_shard]), files))
     manifest.save(out / "manifest.json")
     return out
+
+
+def _chunk_codes(stream: str, codes: str, rng: np.random.Generator, book: int, chunk: int, first_slot: int, slots: int,
+                 n_codebooks: int, semantic_k: int) -> np.ndarray:
+    """One chunk of one stream: acoustic int16 [n_codebooks, 3 * slots], semantic int16 [2 * slots]."""
+    if stream == "semantic":
+        if codes == "random":
+            return rng.integers(0, min(16, semantic_k), 2 * slots, dtype=np.int16)
+        return (4096 * book + np.arange(2 * first_slot, 2 * (first_slot + slots))).astype(np.int16)
+    if codes == "random":  # few codes: learnable in a few steps
+        return rng.integers(0, 16, (n_codebooks, 3 * slots), dtype=np.int16)
+    at = np.arange(3 * first_slot, 3 * (first_slot + slots))
+    return np.stack([at % 1024, at // 1024, np.full_like(at, book), np.full_like(at, chunk)][:n_codebooks]).astype(np.int16)
 
 
 @pytest.fixture(scope="session")

@@ -210,7 +210,7 @@ def test_block_2048_uses_99_percent_of_200_short_recordings_and_two_long_books(t
     manifest = Manifest.load(tmp_path)
     data = DataConfig(manifest=str(tmp_path))  # the defaults: val_fraction 0.05, long books from 60 s
     shards = TokenShards.open(data, manifest, tmp_path)
-    held = shards.val_frames
+    held = {book: (3 * a, 3 * b) for book, (a, b) in shards.val_slots.items()}  # in acoustic frames
     short = [b for b in manifest.books if b.duration_s < 60]
     assert 0 < sum(held[b.id] == (0, 3 * b.slots) for b in short) < 30
     assert all(0 < held[b.id][0] < held[b.id][1] < 3 * b.slots for b in manifest.books if b.duration_s >= 60)
@@ -227,7 +227,7 @@ def test_block_2048_uses_99_percent_of_200_short_recordings_and_two_long_books(t
 def test_a_recording_shorter_than_a_window_contributes_tokens(tmp_path):
     manifest = write_tokens(tmp_path, [1.0] * 40)  # 75 frames each; a window of block 2048 is 512 frames
     shards = TokenShards.open(cfg(), manifest, tmp_path)
-    train_books = {int(b[4:]) for b, w in shards.val_frames.items() if w == (0, 0)}
+    train_books = {int(b[4:]) for b, w in shards.val_slots.items() if w == (0, 0)}
     windows = [w.tokens for w in TrainWindows(shards, 2048, 0, 1, 1, 0, 0).epoch(0, 0, 0, 1)]
     seen = {b for b, _ in frames_of(windows)}
     assert seen <= train_books and len(seen) >= len(train_books) - 7  # all but the last partial window's

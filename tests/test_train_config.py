@@ -11,7 +11,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "train"
 MANIFEST = ["data.manifest=runs/tokens"]
 
 
-@pytest.mark.parametrize("name", ["tiny", "demo", "gpu16gb"])
+@pytest.mark.parametrize("name", ["tiny", "demo", "gpu16gb", "semantic_acoustic"])
 def test_shipped_configs_load(name):
     cfg = load_config(TrainConfig, CONFIGS / f"{name}.yaml", MANIFEST)
     gpt = cfg.model.gpt_config(vocab_size=4096)
@@ -24,6 +24,25 @@ def test_demo_and_gpu_configs_say_what_the_brief_asks():
     assert (demo.schedule.kind, demo.eval_every, demo.checkpoint_every) == ("cosine", 100, 100)
     gpu = load_config(TrainConfig, CONFIGS / "gpu16gb.yaml", MANIFEST)
     assert (gpu.model.preset, gpu.mixed_precision, gpu.model.block_size, gpu.cpu) == ("medium", "bf16", 2048, False)
+
+
+def test_semantic_acoustic_config_interleaves_both_streams_on_the_cpu():
+    cfg = load_config(TrainConfig, CONFIGS / "semantic_acoustic.yaml", MANIFEST)
+    assert (cfg.data.layout, cfg.data.shared_vocab, cfg.cpu) == ("interleaved", False, True)
+    assert cfg.model.block_size % 8 == 0  # whole slots of 2 semantic ids + 3 frames x 2 codebooks
+    assert load_config(TrainConfig, None, MANIFEST).data.layout == "flat"  # the default stays flat
+
+
+@pytest.mark.parametrize("layout", ["flat", "acoustic", "semantic", "interleaved", "prefix"])
+def test_every_layout_is_a_valid_data_layout(layout):
+    cfg = load_config(TrainConfig, None, MANIFEST + [f"data.layout={layout}"])
+    assert cfg.data.layout_name == ("flat" if layout == "acoustic" else layout)
+
+
+def test_an_unknown_layout_is_refused_naming_the_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, None, MANIFEST + ["data.layout=delay"])
+    assert "'data.layout'" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_overrides_reach_nested_keys_and_model_sizes():

@@ -183,7 +183,8 @@ def test_vocab_mismatch_is_a_one_line_error(token_folder, tmp_path, capsys):
     assert train(token_folder, tmp_path / "run", "model.vocab_size=1024") == 1
     [line] = error_lines(capsys.readouterr().err)
     assert f"config model.vocab_size=1024 does not match tokens in {token_folder / 'manifest.json'}" in line
-    assert "(vocab 4097: 4 codebooks x 1024, per-codebook offsets, + boundary token 4096)" in line
+    assert ("read with layout 'flat' (vocab 4097: acoustic ids 0-4095 (4 codebooks x 1024, per-codebook offsets), "
+            "boundary token 4096)") in line
 
 
 def test_resume_refuses_other_tokens_and_resume_never_refuses_old_checkpoints(token_folder, tmp_path, capsys):

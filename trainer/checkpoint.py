@@ -5,7 +5,7 @@ A checkpoint folder holds:
                           schedule is rebuilt from the step, see schedule.build_scheduler)
   model.safetensors       the unwrapped model's weights, tied embedding stored once (for generation)
   model_config.json       GPTConfig
-  trainer_state.json      TrainerState: step, tokens seen, config and tokenizer hashes, data layout, boundary token
+  trainer_state.json      TrainerState: step, tokens seen, config and tokenizer hashes, data layout, special tokens
   streams.json            the manifest's entries of the streams trained on } so a copied checkpoint
   config.yaml             the resolved training config             } stands alone
   encodec_random_*.safetensors  random-init codec weights, when the tokens were made with them
@@ -47,9 +47,10 @@ class TrainerState:
     world_size: int
     config_hash: str  # of the resolved TrainConfig
     tokenizer_config_hash: str  # of the tokens trained on; resume refuses other tokens
-    layout: str  # data.layout and data.shared_vocab: how to turn generated tokens back into codes
+    layout: str  # data.layout ("flat", "semantic", ...) and data.shared_vocab: how tokens map back to streams
     shared_vocab: bool
     boundary_token: int  # the id that separates recordings (streaming.layout.Layout.boundary_token)
+    separator_token: int | None = None  # the prefix layout's separator (Layout.special.separator); None for others
 
 
 @dataclass
@@ -117,15 +118,25 @@ def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path,
     return final
 
 
+def layout_name(name: str) -> str:
+    """A layout's canonical name: "acoustic" is "flat"."""
+    return "flat" if name == "acoustic" else name
+
+
 def read_state(path: Path) -> TrainerState:
     return _read(Path(path) / STATE_NAME, TrainerState)
 
 
 def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTConfig, tokenizer_config_hash: str,
-                      manifest_path: Path, boundary_token: int) -> TrainerState:
+                      manifest_path: Path, boundary_token: int, layout: str = "flat",
+                      separator_token: int | None = None) -> TrainerState:
     """Restore model, optimizer, scheduler and RNG states from `path`, after checking it fits this run."""
     path = Path(path)
     state = read_state(path)
+    if layout_name(state.layout) != layout_name(layout):
+        raise NarratorError(f"{path}: checkpoint was trained with data.layout {state.layout!r}, but this run reads "
+                            f"{manifest_path} with layout {layout!r}; set data.layout={state.layout} or train into "
+                            "a new out folder")
     if state.tokenizer_config_hash != tokenizer_config_hash:
         raise NarratorError(f"{path}: checkpoint was trained on tokens with tokenizer config_hash "
                             f"{state.tokenizer_config_hash}, but {manifest_path} has {tokenizer_config_hash}; "
@@ -133,6 +144,9 @@ def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTCon
     if state.boundary_token != boundary_token:
         raise NarratorError(f"{path}: checkpoint marks recording boundaries with token {state.boundary_token}, but "
                             f"{manifest_path} read with this data config gives {boundary_token}; train into a new out folder")
+    if state.separator_token != separator_token:
+        raise NarratorError(f"{path}: checkpoint's separator token is {state.separator_token}, but {manifest_path} "
+                            f"read with this data config gives {separator_token}; train into a new out folder")
     saved = _read(path / "model_config.json", GPTConfig)
     wanted = {**asdict(model_config), "dropout": saved.dropout}  # dropout may change between runs
     if asdict(saved) != wanted:

@@ -24,7 +24,7 @@ from narrator.streaming.layout import Layout, make_layout
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.encodec import load_tokenizer
 from narrator.tokenizers.manifest import ACOUSTIC
-from narrator.trainer.checkpoint import load_for_inference
+from narrator.trainer.checkpoint import layout_name, load_for_inference
 
 
 @dataclass
@@ -75,6 +75,9 @@ def generate(cfg: GenerateConfig) -> Path:
                           "cpu" if cfg.device == "auto" else cfg.device)
     checkpoint, out = Path(cfg.checkpoint), Path(cfg.out)
     model, model_cfg, meta = load_for_inference(checkpoint, device)
+    if layout_name(meta.state.layout) != "flat":
+        raise NarratorError(f"{checkpoint}: layout {meta.state.layout!r} needs the semantic tokenizer at generate time, "
+                            "which is not built yet; only flat (acoustic) checkpoints generate for now")
     info = meta.stream(ACOUSTIC)
     layout = make_layout(meta.state.layout, info.n_codebooks, info.codebook_size, meta.state.shared_vocab)
     if layout.vocab_size != model_cfg.vocab_size:
@@ -83,6 +86,9 @@ def generate(cfg: GenerateConfig) -> Path:
     if layout.boundary_token != meta.state.boundary_token:
         raise NarratorError(f"{checkpoint}: trained with boundary token {meta.state.boundary_token}, but its layout "
                             f"gives {layout.boundary_token}")
+    if layout.special.separator != meta.state.separator_token:
+        raise NarratorError(f"{checkpoint}: trained with separator token {meta.state.separator_token}, but its layout "
+                            f"gives {layout.special.separator}")
     tokenizer = load_tokenizer(info, device=str(device), weights_dirs=[meta.path, *token_folder(meta.path)])
 
     audio_info = probe(cfg.prompt)

@@ -21,7 +21,9 @@ class StepMetrics:
     lr: float  # used by this step's update
     tokens_per_s: float  # all processes together, training time only
     val_loss: float | None = None  # when evaluated at this step
-    val_loss_per_codebook: list[float] | None = None  # codebook 0 (coarsest) first
+    val_loss_per_group: dict[str, float] | None = None  # per layout group: "semantic", "acoustic/cb0", ...
+    val_loss_per_stream: dict[str, float] | None = None  # per token stream the layout reads
+    val_loss_per_codebook: list[float] | None = None  # flat layout only: codebook 0 (coarsest) first
     epoch_coverage: list[dict] | None = None  # epochs finished since the last record: {epoch, tokens, covered, share}
 
 
@@ -45,7 +47,9 @@ class MetricsLog:
         if self.accelerator.is_main_process:
             with open(self.path, "a") as f:
                 f.write(json.dumps(values) + "\n")
-        scalars = {k: v for k, v in values.items() if k not in ("step", "val_loss_per_codebook", "epoch_coverage")}
+        scalars = {k: v for k, v in values.items() if not isinstance(v, (list, dict)) and k != "step"}
+        scalars.update({f"val_loss_group/{k}": v for k, v in (record.val_loss_per_group or {}).items()})
+        scalars.update({f"val_loss_stream/{k}": v for k, v in (record.val_loss_per_stream or {}).items()})
         scalars.update({f"val_loss_codebook_{k}": v for k, v in enumerate(record.val_loss_per_codebook or [])})
         if record.epoch_coverage:
             scalars["window_coverage"] = record.epoch_coverage[-1]["share"]
@@ -75,19 +79,34 @@ def drop_after(path: Path, step: int) -> None:
 
 
 def plot_losses(metrics_path: Path, out: Path) -> None:
-    """Draw train_loss.png and val_loss.png (once there is a validation loss) from metrics.jsonl."""
+    """Draw train_loss.png and val_loss.png (once there is a validation loss) from metrics.jsonl.
+
+    val_loss.png also draws each group's loss (per stream and codebook), thin, under the overall one.
+    """
     records = read_metrics(metrics_path)
     for key, name in (("train_loss", "train_loss.png"), ("val_loss", "val_loss.png")):
-        points = [(r["step"], r[key]) for r in records if r.get(key) is not None and math.isfinite(r[key])]
-        if points:
-            _plot(points, key.replace("_", " "), Path(out) / name)
+        points = _points(records, lambda r: r.get(key))
+        if not points:
+            continue
+        groups = sorted({g for r in records for g in r.get("val_loss_per_group") or {}}) if key == "val_loss" else []
+        extra = {g: _points(records, lambda r: (r.get("val_loss_per_group") or {}).get(g)) for g in groups}
+        _plot(points, key.replace("_", " "), Path(out) / name, extra if len(extra) > 1 else {})
 
 
-def _plot(points: list[tuple[int, float]], label: str, path: Path) -> None:
+def _points(records: list[dict], value) -> list[tuple[int, float]]:
+    return [(r["step"], v) for r in records if (v := value(r)) is not None and math.isfinite(v)]
+
+
+def _plot(points: list[tuple[int, float]], label: str, path: Path, extra: dict[str, list] | None = None) -> None:
     fig = Figure(figsize=(6, 4), dpi=100)  # the Agg canvas, without pyplot's global state
     ax = fig.add_subplot()
     steps, values = zip(*points)
-    ax.plot(steps, values, marker="." if len(points) < 50 else None)
+    ax.plot(steps, values, marker="." if len(points) < 50 else None, color="black", label="all", zorder=3)
+    for name, series in (extra or {}).items():
+        if series:
+            ax.plot(*zip(*series), linewidth=0.8, alpha=0.8, label=name)
+    if extra:
+        ax.legend(fontsize="x-small", ncol=2)
     ax.set_xlabel("step")
     ax.set_ylabel(label)
     ax.set_title(f"{label}: {values[-1]:.4f} at step {steps[-1]}")

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from narrator.config import config_hash, load_config, save_config, to_dict
 from narrator.errors import ConfigError, NarratorError
 from narrator.streaming.dataset import EpochCoverage, TrainBatch, build_train_loader, build_val_loader, data_vocab
-from narrator.tokenizers.manifest import ACOUSTIC, MANIFEST_NAME, Manifest
+from narrator.streaming.layout import FlatLayout, Layout
+from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
 from narrator.trainer.checkpoint import (TrainerState, latest_checkpoint, list_checkpoints, read_state,
                                          resume_checkpoint, save_checkpoint)
 from narrator.trainer.config import TrainConfig
@@ -88,9 +89,10 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     manifest_path = Path(cfg.data.manifest)
     manifest = Manifest.load(manifest_path)
     manifest_dir = manifest_path if manifest_path.is_dir() else manifest_path.parent
-    streams = [manifest.stream(ACOUSTIC, manifest_dir / MANIFEST_NAME)]  # what the layout reads
-    tokens_hash = "+".join(s.config_hash for s in streams)
     cfg.model.vocab_size = check_vocab(cfg, manifest, manifest_dir / MANIFEST_NAME)
+    layout, _ = data_vocab(cfg.data, manifest, manifest_dir / MANIFEST_NAME)
+    streams = [manifest.stream(s, manifest_dir / MANIFEST_NAME) for s in layout.streams]  # what the layout reads
+    tokens_hash = "+".join(s.config_hash for s in streams)
     # Random-init codec weights live with the tokens; every checkpoint carries them so generate finds them.
     codec_files = [manifest_dir / s.weights.file for s in streams if s.weights.file]
     model_config = cfg.model.gpt_config(cfg.model.vocab_size)
@@ -101,13 +103,13 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     optimizer = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas), fused=accelerator.device.type == "cuda")
     model, optimizer = accelerator.prepare(model, optimizer)
-    layout, _ = data_vocab(cfg.data, manifest)
     state = TrainerState(step=0, tokens_seen=0, world_size=world, config_hash=config_hash(cfg),
-                         tokenizer_config_hash=tokens_hash, layout=cfg.data.layout,
-                         shared_vocab=cfg.data.shared_vocab, boundary_token=layout.boundary_token)
+                         tokenizer_config_hash=tokens_hash, layout=cfg.data.layout_name,
+                         shared_vocab=cfg.data.shared_vocab, boundary_token=layout.boundary_token,
+                         separator_token=layout.special.separator)
     if start is not None:
         resumed = resume_checkpoint(accelerator, start, model_config, tokens_hash, manifest_dir / MANIFEST_NAME,
-                                    layout.boundary_token)
+                                    layout.boundary_token, layout=state.layout, separator_token=state.separator_token)
         state = dataclasses.replace(state, step=resumed.step, tokens_seen=resumed.tokens_seen)
         accelerator.print(f"resumed from {start} at step {state.step}")
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.max_steps, start_step=state.step)
@@ -151,14 +153,15 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
                 raise NarratorError(f"non-finite loss ({loss}) at step {state.step}: training diverged (lower optim.lr, "
                                     f"check the data); last good checkpoint: {last_checkpoint or 'none'}")
             final = state.step == cfg.max_steps
-            val_loss, val_codebooks = (evaluate(accelerator, model, val_batches, streams[0].n_codebooks)
-                                       if final or state.step % cfg.eval_every == 0 else (None, None))
+            val = (evaluate(accelerator, model, val_batches, layout)
+                   if final or state.step % cfg.eval_every == 0 else None)
+            val_loss = val.overall if val is not None else val_loss
             progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.rate:,.0f}", refresh=False)
             for line in coverage.lines():
                 if main_process:
                     progress.write(line)
-            if final or val_loss is not None or state.step % cfg.log_every == 0:
-                metrics.log(window.record(state.step, lr, val_loss, val_codebooks, coverage.records()))
+            if final or val is not None or state.step % cfg.log_every == 0:
+                metrics.log(window.record(state.step, lr, val, coverage.records(), layout))
             if state.step % cfg.plot_every == 0:
                 metrics.plot()
             stopping = stop.agreed(accelerator)
@@ -214,14 +217,27 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
 
 
 def check_vocab(cfg: TrainConfig, manifest: Manifest, manifest_file: Path) -> int:
-    """The model's vocabulary size: the data's (codes + the boundary token), refusing a configured size that differs."""
-    layout, vocab = data_vocab(cfg.data, manifest)
+    """The model's vocabulary size: the layout's (stream ids + special tokens), refusing a configured size that differs."""
+    layout, vocab = data_vocab(cfg.data, manifest, manifest_file)
     if cfg.model.vocab_size is not None and cfg.model.vocab_size != vocab:
-        ids = "shared ids" if cfg.data.shared_vocab else "per-codebook offsets"
         raise ConfigError(f"config model.vocab_size={cfg.model.vocab_size} does not match tokens in {manifest_file} "
-                          f"(vocab {vocab}: {layout.n_codebooks} codebooks x {layout.codebook_size}, {ids}, "
-                          f"+ boundary token {layout.boundary_token})")
+                          f"read with layout {cfg.data.layout_name!r} ({describe_vocab(layout, cfg.data.shared_vocab)})")
     return vocab
+
+
+def describe_vocab(layout: Layout, shared_vocab: bool = False) -> str:
+    """'vocab 4097: acoustic ids 0-4095 (4 codebooks x 1024, per-codebook offsets), boundary token 4096'."""
+    parts = []
+    for name, ids in layout.stream_ranges.items():
+        info = layout.infos[name]
+        books = ("" if info.n_codebooks == 1 else
+                 f", {'shared ids' if shared_vocab else 'per-codebook offsets'}")
+        parts.append(f"{name} ids {ids.start}-{ids.stop - 1} ({info.n_codebooks} codebook"
+                     f"{'s' if info.n_codebooks > 1 else ''} x {info.codebook_size}{books})")
+    parts.append(f"boundary token {layout.special.boundary}")
+    if layout.special.separator is not None:
+        parts.append(f"separator token {layout.special.separator}")
+    return f"vocab {layout.vocab_size}: " + ", ".join(parts)
 
 
 def resume_point(cfg: TrainConfig, out: Path) -> Path | None:
@@ -267,25 +283,56 @@ def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torc
 
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
-             n_codebooks: int) -> tuple[float, list[float]]:
-    """Mean loss over the fixed validation batches of every process, overall and per codebook.
+             layout: Layout) -> ValLoss:
+    """Mean loss over the fixed validation batches of every process: overall, per group of
+    `layout.group_names` (a stream, or one codebook of it) and per stream.
 
-    Windows start on a frame, so target position i holds codebook (i + 1) % n_codebooks: a loss
-    that rises in one codebook only (audiocraft logs the same) shows here before the mean moves.
+    Windows start on a unit, so `layout.target_groups` names the group of every target: a loss that
+    rises in one codebook or stream only (audiocraft logs the same) shows here before the mean moves.
     """
     device = accelerator.device
-    codebook = torch.arange(1, batches[0][1].shape[1] + 1, device=device) % n_codebooks  # of each target
-    sums = torch.zeros(n_codebooks, device=device)
+    block = batches[0][1].shape[1]
+    groups = torch.from_numpy(layout.target_groups(block)).to(device)  # of each target position
+    n_groups = len(layout.group_names)
+    sums = torch.zeros(n_groups, device=device, dtype=torch.float64)
+    counts = torch.zeros(n_groups, device=device, dtype=torch.float64)
     model.eval()
     for x, y in batches:
         logits, _ = model(x.to(device))
         losses = F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none")  # [B, T]
-        sums.index_add_(0, codebook, losses.mean(0))
+        sums.index_add_(0, groups, losses.sum(0).double())
+        counts.index_add_(0, groups, torch.full_like(groups, y.shape[0], dtype=torch.float64))
     model.train()
-    counts = torch.bincount(codebook, minlength=n_codebooks)
-    per_codebook = accelerator.reduce(sums / (len(batches) * counts), "mean")
-    overall = (per_codebook * counts).sum() / counts.sum()
-    return overall.item(), [round(v, 4) for v in per_codebook.tolist()]
+    sums, counts = accelerator.reduce(sums, "sum"), accelerator.reduce(counts, "sum")
+    return ValLoss.from_sums(layout, sums.tolist(), counts.tolist())
+
+
+@dataclasses.dataclass
+class ValLoss:
+    """One evaluation: the mean loss over every target, and over the targets of each group and stream."""
+
+    overall: float
+    per_group: dict[str, float]  # layout.group_names order; groups without targets left out
+    per_stream: dict[str, float]  # layout.streams order: the token-weighted mean of the stream's groups
+    targets: dict[str, int]  # targets per group
+
+    @classmethod
+    def from_sums(cls, layout: Layout, sums: list[float], counts: list[float]) -> "ValLoss":
+        names = layout.group_names
+        per_group = {n: s / c for n, s, c in zip(names, sums, counts) if c > 0}
+        per_stream = {}
+        for stream in layout.streams:
+            mine = [i for i, n in enumerate(names) if n.split("/")[0] == stream and counts[i] > 0]
+            if mine:
+                per_stream[stream] = sum(sums[i] for i in mine) / sum(counts[i] for i in mine)
+        return cls(sum(sums) / sum(counts), per_group, per_stream,
+                   {n: int(c) for n, c in zip(names, counts) if c > 0})
+
+    def per_codebook(self, layout: Layout) -> list[float] | None:
+        """The flat layout's groups, codebook 0 first (metrics.jsonl's val_loss_per_codebook); None for others."""
+        if not isinstance(layout, FlatLayout):
+            return None
+        return [self.per_group[n] for n in layout.group_names]
 
 
 class Window:
@@ -305,11 +352,16 @@ class Window:
         self.rate = self.tokens / max(self.seconds, 1e-9)
         self.last_loss = loss
 
-    def record(self, step: int, lr: float, val_loss: float | None, val_codebooks: list[float] | None,
-               epoch_coverage: list[dict] | None = None) -> StepMetrics:
+    def record(self, step: int, lr: float, val: ValLoss | None, epoch_coverage: list[dict] | None = None,
+               layout: Layout | None = None) -> StepMetrics:
         record = StepMetrics(step=step, train_loss=sum(self.losses) / len(self.losses), lr=lr,
-                             tokens_per_s=round(self.rate, 1), val_loss=val_loss,
-                             val_loss_per_codebook=val_codebooks, epoch_coverage=epoch_coverage or None)
+                             tokens_per_s=round(self.rate, 1), epoch_coverage=epoch_coverage or None)
+        if val is not None:
+            record.val_loss = val.overall
+            record.val_loss_per_group = {k: round(v, 4) for k, v in val.per_group.items()}
+            record.val_loss_per_stream = {k: round(v, 4) for k, v in val.per_stream.items()}
+            per_codebook = val.per_codebook(layout) if layout is not None else None
+            record.val_loss_per_codebook = None if per_codebook is None else [round(v, 4) for v in per_codebook]
         self.losses, self.tokens, self.seconds = [], 0, 0.0
         return record
 
