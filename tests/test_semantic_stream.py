@@ -118,3 +118,41 @@ def test_kmeans_report_compares_layers_and_k(tmp_path, speech_wav, capsys):
     assert all(0 <= float(r[5]) for r in rows)  # held-out relative error
     assert main(["kmeans-report", str(audio), "--k", "8,x"]) == 1
     assert "--k '8,x': expected whole numbers separated by commas" in capsys.readouterr().err
+
+
+def test_an_interleaved_model_trains_and_continues_a_prompt_to_a_wav(folder, tmp_path, capsys):
+    """tokenize (both streams) -> train (`interleaved`) -> generate: the prompt's semantic ids and codes are
+    made by the tokenizers rebuilt from the checkpoint alone (the token folder's files moved away)."""
+    import soundfile as sf
+
+    from narrator.cli import main
+    from narrator.trainer.checkpoint import latest_checkpoint
+    from narrator.trainer.generate import BOUNDARY_SILENCE_S
+
+    out, inputs, _, _ = folder
+    train = tmp_path / "train"
+    assert main(["train", "--config", str(REPO / "configs/train/semantic_acoustic.yaml"), "--set", f"data.manifest={out}",
+                 "--set", f"out={train}", "--set", "max_steps=6", "--set", "eval_every=3", "--set", "checkpoint_every=3",
+                 "--set", "log_every=1", "--set", "data.num_workers=0", "--set", "eval_batches=1"]) == 0
+    checkpoint = latest_checkpoint(train)
+    carried = {"whisper_tiny.en_random_seed0.safetensors", "encodec_random_seed0.safetensors", "semantic.json", "semantic.npy"}
+    assert carried <= {p.name for p in checkpoint.iterdir()}
+    records = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
+    assert set(records[-1]["val_loss_per_stream"]) == {"semantic", "acoustic"}
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for rel in ("kmeans", "whisper_tiny.en_random_seed0.safetensors", "encodec_random_seed0.safetensors"):
+        (out / rel).rename(moved / rel)
+    try:
+        capsys.readouterr()
+        wav = tmp_path / "sample.wav"
+        assert main(["generate", "--checkpoint", str(train), "--prompt", inputs[2], "--prompt-seconds", "1",
+                     "--seconds", "1", "--out", str(wav)]) == 0
+    finally:
+        for rel in ("kmeans", "whisper_tiny.en_random_seed0.safetensors", "encodec_random_seed0.safetensors"):
+            (moved / rel).rename(out / rel)
+    printed = capsys.readouterr().out
+    boundaries = int(printed.split("the model sampled ")[1].split()[0]) if "the model sampled" in printed else 0
+    audio, rate = sf.read(wav)
+    assert rate == 24000 and abs(len(audio) / rate - (2.0 + boundaries * (BOUNDARY_SILENCE_S - 0.04))) < 0.05

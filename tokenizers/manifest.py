@@ -57,6 +57,11 @@ class StreamInfo:
     def frames_per_slot(self) -> int:
         return round(self.frame_rate * SLOT_SECONDS)
 
+    def files(self) -> list[str]:
+        """Files beside the shards that decoding this stream needs (relative to the token folder):
+        random-init weights kept with the tokens, the k-means centroids."""
+        return ([self.weights.file] if self.weights.file else []) + list((self.kmeans or {}).get("files", []))
+
 
 @dataclass
 class BookEntry:

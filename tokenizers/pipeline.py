@@ -269,7 +269,7 @@ def _semantic_stream(cfg: TokenizeConfig, out: Path, embedder: WhisperEmbedder, 
               f"(Whisper {cfg.whisper.model}, layer {cfg.whisper.layer}); held-out relative error "
               f"{quality.relative_error:.3f}, perplexity {quality.perplexity:.0f} -> {out / KMEANS_STEM}.json")
     tokenizer = SemanticTokenizer(embedder, model)
-    return _Stream(semantic_stream_info(cfg, tokenizer, KMEANS_STEM + ".json"), tokenizer, {
+    return _Stream(semantic_stream_info(cfg, tokenizer, out), tokenizer, {
         "name": SEMANTIC, "config": to_dict(cfg.whisper), "identity": to_dict(embedder.weights_identity()),
         "weights": embedder.encoder.state_dict(), "kmeans": model})
 

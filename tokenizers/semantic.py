@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from narrator.config import config_hash, to_dict
+from narrator.config import config_hash, from_dict, to_dict
+from narrator.errors import NarratorError
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.chunking import ChunkSpec
-from narrator.tokenizers.config import SAMPLE_RATE, TokenizeConfig
-from narrator.tokenizers.kmeans import EmbeddingSource, KmeansModel, SamplePlan, compare_layers, fit_or_load, format_table
+from narrator.tokenizers.config import SAMPLE_RATE, TokenizeConfig, WhisperConfig
+from narrator.tokenizers.kmeans import (EmbeddingSource, KmeansModel, SamplePlan, compare_layers, fit_or_load, format_table,
+                                        kmeans_paths, load_kmeans)
 from narrator.tokenizers.manifest import SEMANTIC, StreamInfo
 from narrator.tokenizers.whisper import FRAME_RATE, WINDOW_FRAMES, WhisperEmbedder
 
@@ -77,7 +79,7 @@ def semantic_config(tcfg: TokenizeConfig) -> dict:
     return config
 
 
-def semantic_stream_info(tcfg: TokenizeConfig, tokenizer: SemanticTokenizer, kmeans_file: str) -> StreamInfo:
+def semantic_stream_info(tcfg: TokenizeConfig, tokenizer: SemanticTokenizer, out: Path) -> StreamInfo:
     """What a manifest records about the semantic stream, k-means provenance included."""
     meta = tokenizer.kmeans.meta
     config = semantic_config(tcfg)
@@ -86,7 +88,8 @@ def semantic_stream_info(tcfg: TokenizeConfig, tokenizer: SemanticTokenizer, kme
         name=SEMANTIC, kind="whisper-kmeans", sample_rate=SAMPLE_RATE, frame_rate=float(FRAME_RATE), n_codebooks=1,
         codebook_size=meta.k, config=config, config_hash=config_hash(config),
         weights=tokenizer.embedder.weights_identity(),
-        kmeans={"file": kmeans_file, "k": meta.k, "dims": meta.dims, "layer": meta.source.layer,
+        kmeans={"file": KMEANS_STEM + ".json", "files": [str(p.relative_to(out)) for p in kmeans_paths(out / KMEANS_STEM)
+                                                          if p.is_file()], "k": meta.k, "dims": meta.dims, "layer": meta.source.layer,
                 "centroids_sha256": meta.centroids.sha256, "sample_frames": meta.sample.fit_frames,
                 "relative_error_heldout": meta.quality_heldout.relative_error if meta.quality_heldout else None,
                 "perplexity_heldout": meta.quality_heldout.perplexity if meta.quality_heldout else None},
@@ -119,6 +122,37 @@ def kmeans_report(tcfg: TokenizeConfig, sources: Sequence[str], layers: Sequence
     return (f"Whisper {tcfg.whisper.model} ({embedder.weights_identity().mode} weights), {total:.0f} s of audio from "
             f"{len(audio)} files, standardize={tcfg.kmeans.standardize}; relative error = squared distance to the nearest "
             "centroid / variance (0 keeps everything, 1 keeps nothing), measured on held-out seconds\n" + format_table(rows))
+
+
+def load_semantic_tokenizer(info: StreamInfo, device: str | torch.device = "cpu",
+                            weights_dirs: Sequence[str | Path] = ()) -> SemanticTokenizer:
+    """Rebuild the semantic tokenizer a stream was made with (for generate's prompt): its Whisper
+    encoder (random weights from the file kept with the tokens) and its k-means centroids, found in
+    `weights_dirs` (a checkpoint holds them flat, a token folder under kmeans/), each checked by sha256."""
+    def find(rel: str) -> Path:
+        for folder in weights_dirs:
+            for path in (Path(folder) / rel, Path(folder) / Path(rel).name):
+                if path.is_file():
+                    return path
+        raise NarratorError(f"{rel}: needed to rebuild the semantic tokenizer, but in none of "
+                            f"{', '.join(str(d) for d in weights_dirs) or 'the given folders'}")
+
+    cfg = from_dict(WhisperConfig, info.config["whisper"], "whisper.")
+    if info.weights.mode == "random":
+        embedder = WhisperEmbedder.from_weights_file(cfg, find(info.weights.file), info.weights, device)
+    else:
+        if Path(info.weights.source).is_file():  # a local checkpoint, where the tokens were made
+            cfg.weights.checkpoint = info.weights.source
+        embedder = WhisperEmbedder(cfg, device)
+        if embedder.weights_identity().sha256 != info.weights.sha256:
+            raise NarratorError(f"{embedder.weights_identity().source}: Whisper weights sha256 "
+                                f"{embedder.weights_identity().sha256[:12]} differ from the {info.weights.sha256[:12]} "
+                                f"the tokens were made with ({info.weights.source})")
+    kmeans = load_kmeans(find(info.kmeans["file"]), embedding_source(embedder), info.codebook_size)
+    if kmeans.meta.centroids.sha256 != info.kmeans["centroids_sha256"]:
+        raise NarratorError(f"{info.kmeans['file']}: centroids sha256 {kmeans.meta.centroids.sha256[:12]} differ from the "
+                            f"{info.kmeans['centroids_sha256'][:12]} the tokens were made with")
+    return SemanticTokenizer(embedder, kmeans, device)
 
 
 def random_whisper_name(model: str, seed: int) -> str:

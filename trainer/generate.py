@@ -20,10 +20,12 @@ import yaml
 
 from narrator.config import save_config
 from narrator.errors import NarratorError
-from narrator.streaming.layout import Layout, make_layout
+from narrator.streaming.layout import LAYOUTS, Layout, make_layout
 from narrator.tokenizers.audio import probe, read_segment
+from narrator.tokenizers.chunking import grid_steps
 from narrator.tokenizers.encodec import load_tokenizer
-from narrator.tokenizers.manifest import ACOUSTIC
+from narrator.tokenizers.manifest import ACOUSTIC, SEMANTIC, SLOT_SECONDS
+from narrator.tokenizers.semantic import load_semantic_tokenizer
 from narrator.trainer.checkpoint import layout_name, load_for_inference
 
 
@@ -46,8 +48,9 @@ BOUNDARY_SILENCE_S = 0.25  # audio for one sampled boundary frame
 
 def tokens_to_audio(tokens: np.ndarray, layout: Layout, decode: Callable[[np.ndarray], np.ndarray],
                     sample_rate: int) -> tuple[np.ndarray, int]:
-    """Tokens -> (mono float audio, boundaries sampled): each run of codes decoded, a short silence per boundary."""
-    runs = layout.split_codes(tokens)
+    """Tokens -> (mono float audio, boundaries sampled): the acoustic codes of each run between
+    boundaries decoded, a short silence per boundary."""
+    runs = [run[ACOUSTIC] for run in layout.decode(tokens)]
     silence = np.zeros(round(BOUNDARY_SILENCE_S * sample_rate), np.float32)
     parts = []
     for i, codes in enumerate(runs):
@@ -75,11 +78,13 @@ def generate(cfg: GenerateConfig) -> Path:
                           "cpu" if cfg.device == "auto" else cfg.device)
     checkpoint, out = Path(cfg.checkpoint), Path(cfg.out)
     model, model_cfg, meta = load_for_inference(checkpoint, device)
-    if layout_name(meta.state.layout) != "flat":
-        raise NarratorError(f"{checkpoint}: layout {meta.state.layout!r} needs the semantic tokenizer at generate time, "
-                            "which is not built yet; only flat (acoustic) checkpoints generate for now")
-    info = meta.stream(ACOUSTIC)
-    layout = make_layout(meta.state.layout, info.n_codebooks, info.codebook_size, meta.state.shared_vocab)
+    name = layout_name(meta.state.layout)
+    if name not in ("flat", "interleaved"):
+        raise NarratorError(f"{checkpoint}: layout {meta.state.layout!r} generates in two stages (a semantic model, then "
+                            "a prefix model), which is not built yet; flat and interleaved checkpoints generate")
+    streams = {s.name: s for s in meta.streams}
+    layout = make_layout(meta.state.layout, {s: (streams[s].n_codebooks, streams[s].codebook_size) for s in LAYOUTS[name]},
+                         shared_vocab=meta.state.shared_vocab)
     if layout.vocab_size != model_cfg.vocab_size:
         raise NarratorError(f"{checkpoint}: model vocab {model_cfg.vocab_size} does not match its tokenizer's "
                             f"layout (vocab {layout.vocab_size})")
@@ -89,15 +94,22 @@ def generate(cfg: GenerateConfig) -> Path:
     if layout.special.separator != meta.state.separator_token:
         raise NarratorError(f"{checkpoint}: trained with separator token {meta.state.separator_token}, but its layout "
                             f"gives {layout.special.separator}")
-    tokenizer = load_tokenizer(info, device=str(device), weights_dirs=[meta.path, *token_folder(meta.path)])
+    info = streams[ACOUSTIC]
+    weights_dirs = [meta.path, *token_folder(meta.path)]
+    tokenizer = load_tokenizer(info, device=str(device), weights_dirs=weights_dirs)
 
+    # The prompt, in whole 40 ms slots, as the model saw tokens: every stream of its layout.
     audio_info = probe(cfg.prompt)
-    prompt_seconds = min(cfg.prompt_seconds, audio_info.duration_s)
+    slots = grid_steps(min(cfg.prompt_seconds, audio_info.duration_s))
+    prompt_seconds = slots * SLOT_SECONDS
     prompt_audio = read_segment(audio_info, 0.0, prompt_seconds)
-    prompt_codes = tokenizer.encode(prompt_audio)
-    prompt_tokens = torch.from_numpy(layout.to_tokens(prompt_codes)).long()[None].to(device)
+    prompt_streams = {ACOUSTIC: tokenizer.encode(prompt_audio)}
+    if SEMANTIC in LAYOUTS[name]:
+        semantic = load_semantic_tokenizer(streams[SEMANTIC], str(device), weights_dirs)
+        prompt_streams[SEMANTIC] = semantic.assigner.assign(semantic.embedder.embed(prompt_audio)).astype(np.int64)
+    prompt_tokens = torch.from_numpy(layout.encode(prompt_streams)).long()[None].to(device)
 
-    new_tokens = int(round(cfg.seconds * info.frame_rate)) * layout.tokens_per_frame
+    new_tokens = grid_steps(cfg.seconds) * layout.slot_tokens
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     tokens = model.generate(prompt_tokens, new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                             generator=generator)[0].cpu().numpy()

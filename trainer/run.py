@@ -93,8 +93,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     layout, _ = data_vocab(cfg.data, manifest, manifest_dir / MANIFEST_NAME)
     streams = [manifest.stream(s, manifest_dir / MANIFEST_NAME) for s in layout.streams]  # what the layout reads
     tokens_hash = "+".join(s.config_hash for s in streams)
-    # Random-init codec weights live with the tokens; every checkpoint carries them so generate finds them.
-    codec_files = [manifest_dir / s.weights.file for s in streams if s.weights.file]
+    # Files beside the shards (random-init weights, k-means centroids) go into every checkpoint for generate.
+    codec_files = [manifest_dir / f for s in streams for f in s.files()]
     model_config = cfg.model.gpt_config(cfg.model.vocab_size)
     start = resume_point(cfg, out)
 
