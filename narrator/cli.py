@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="continue a prompt recording with a trained model and write a wav")
     p.add_argument("--checkpoint", type=Path, help="training output folder (latest checkpoint) or one checkpoint folder")
+    p.add_argument("--semantic-checkpoint", type=Path, dest="semantic_checkpoint",
+                   help="two-stage (AudioLM) generation: this semantic model continues the ids, --checkpoint's prefix model voices them")
     p.add_argument("--prompt", type=Path, help="audio file whose start is the prompt")
     p.add_argument("--prompt-seconds", type=float, dest="prompt_seconds")
     p.add_argument("--seconds", type=float, help="seconds of audio to generate after the prompt")
@@ -143,7 +145,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         from narrator.trainer.generate import GenerateConfig, generate
 
         cfg = load_config(GenerateConfig, args.config, _flag_overrides(args, {
-            "checkpoint": "checkpoint", "prompt": "prompt", "prompt_seconds": "prompt_seconds",
+            "checkpoint": "checkpoint", "semantic_checkpoint": "semantic_checkpoint", "prompt": "prompt", "prompt_seconds": "prompt_seconds",
             "seconds": "seconds", "out": "out", "temperature": "temperature", "top_k": "top_k", "seed": "seed"}))
         generate(cfg)
     elif args.command == "demo":

@@ -156,3 +156,33 @@ def test_an_interleaved_model_trains_and_continues_a_prompt_to_a_wav(folder, tmp
     boundaries = int(printed.split("the model sampled ")[1].split()[0]) if "the model sampled" in printed else 0
     audio, rate = sf.read(wav)
     assert rate == 24000 and abs(len(audio) / rate - (2.0 + boundaries * (BOUNDARY_SILENCE_S - 0.04))) < 0.05
+
+
+def test_two_stage_generation_chains_a_semantic_and_a_prefix_model(folder, tmp_path, capsys):
+    """AudioLM's stages: a `semantic` model continues the prompt's ids, a `prefix` model voices them, EnCodec decodes."""
+    import soundfile as sf
+
+    from narrator.cli import main
+
+    out, inputs, _, _ = folder
+    runs = {}
+    for layout in ("semantic", "prefix"):
+        runs[layout] = tmp_path / layout
+        assert main(["train", "--config", str(REPO / "configs/train/semantic_acoustic.yaml"), "--set", f"data.manifest={out}",
+                     "--set", f"out={runs[layout]}", "--set", f"data.layout={layout}", "--set", "max_steps=4",
+                     "--set", "eval_every=4", "--set", "checkpoint_every=4", "--set", "data.num_workers=0",
+                     "--set", "eval_batches=1", "--set", "model.block_size=64"]) == 0  # prefix: 8 slots a window
+    wav = tmp_path / "two_stage.wav"
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(runs["prefix"]), "--semantic-checkpoint", str(runs["semantic"]),
+                 "--prompt", inputs[2], "--prompt-seconds", "0.4", "--seconds", "0.8", "--out", str(wav)]) == 0
+    printed = capsys.readouterr().out
+    assert "s of semantic ids continued by" in printed
+    with capsys.disabled():
+        print("\n" + printed.strip().splitlines()[-1])
+    audio, rate = sf.read(wav)
+    assert rate == 24000 and 0.4 - 1e-3 <= len(audio) / rate <= 1.2 + 1e-3  # the prompt, and up to 0.8 s more
+    # The stages swapped: one line naming the checkpoint and what it should be.
+    assert main(["generate", "--checkpoint", str(runs["semantic"]), "--semantic-checkpoint", str(runs["prefix"]),
+                 "--prompt", inputs[2], "--out", str(tmp_path / "x.wav")]) == 1
+    assert "--checkpoint must be a 'prefix' model, this one has layout 'semantic'" in capsys.readouterr().err

@@ -85,13 +85,13 @@ def test_prefix_trains_and_records_its_separator_and_resume_refuses_another_layo
     assert "trained with data.layout 'prefix'" in line and "with layout 'interleaved'" in line
 
 
-def test_generate_refuses_a_two_stage_layout_with_one_line(tokens, tmp_path):
+def test_generate_asks_for_both_stages_of_a_prefix_model_with_one_line(tokens, tmp_path):
     out = tmp_path / "run"
     assert train("semantic_acoustic.yaml", tokens, out, "data.layout=prefix", "max_steps=1") == 0
     with pytest.raises(NarratorError) as e:
         generate(GenerateConfig(checkpoint=str(out), prompt=str(tmp_path / "never-read.wav"), device="cpu"))
-    assert str(e.value) == (f"{out}: layout 'prefix' generates in two stages (a semantic model, then a prefix model), "
-                            "which is not built yet; flat and interleaved checkpoints generate")
+    assert str(e.value) == (f"{out}: layout 'prefix' generates in two stages: give the prefix model as --checkpoint "
+                            "and the semantic model as --semantic-checkpoint")
 
 
 def test_flat_layout_reads_only_the_acoustic_stream_of_a_two_stream_folder(tokens, tmp_path):

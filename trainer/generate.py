@@ -26,7 +26,8 @@ from narrator.tokenizers.chunking import grid_steps
 from narrator.tokenizers.encodec import load_tokenizer
 from narrator.tokenizers.manifest import ACOUSTIC, SEMANTIC, SLOT_SECONDS
 from narrator.tokenizers.semantic import load_semantic_tokenizer
-from narrator.trainer.checkpoint import layout_name, load_for_inference
+from narrator.trainer.checkpoint import CheckpointMeta, layout_name, load_for_inference
+from narrator.trainer.model import GPTConfig
 
 
 @dataclass
@@ -41,6 +42,7 @@ class GenerateConfig:
     top_k: int | None = 250
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    semantic_checkpoint: str = ""  # two-stage generation: this `semantic` model, then --checkpoint's `prefix` model
 
 
 BOUNDARY_SILENCE_S = 0.25  # audio for one sampled boundary frame
@@ -61,6 +63,83 @@ def tokens_to_audio(tokens: np.ndarray, layout: Layout, decode: Callable[[np.nda
     return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), len(runs) - 1
 
 
+def checkpoint_layout(meta: CheckpointMeta, model_cfg: GPTConfig) -> Layout:
+    """The layout a checkpoint was trained with, refused unless its vocabulary and special tokens match the model's."""
+    name = layout_name(meta.state.layout)
+    streams = {s.name: s for s in meta.streams}
+    layout = make_layout(meta.state.layout, {s: (streams[s].n_codebooks, streams[s].codebook_size) for s in LAYOUTS[name]},
+                         shared_vocab=meta.state.shared_vocab)
+    if layout.vocab_size != model_cfg.vocab_size:
+        raise NarratorError(f"{meta.path}: model vocab {model_cfg.vocab_size} does not match its tokenizer's "
+                            f"layout (vocab {layout.vocab_size})")
+    if layout.boundary_token != meta.state.boundary_token:
+        raise NarratorError(f"{meta.path}: trained with boundary token {meta.state.boundary_token}, but its layout "
+                            f"gives {layout.boundary_token}")
+    if layout.special.separator != meta.state.separator_token:
+        raise NarratorError(f"{meta.path}: trained with separator token {meta.state.separator_token}, but its layout "
+                            f"gives {layout.special.separator}")
+    return layout
+
+
+def generate_two_stage(cfg: GenerateConfig, device: torch.device, coarse: tuple) -> Path:
+    """AudioLM's two stages: a `semantic` model continues the prompt's semantic ids, then a `prefix` model
+    turns windows of them into acoustic tokens (each window's first half given: the acoustic frames
+    already made), and EnCodec decodes those to audio."""
+    prefix_model, prefix_cfg, prefix_meta = coarse
+    semantic_model, semantic_cfg, semantic_meta = load_for_inference(Path(cfg.semantic_checkpoint), device)
+    for meta, wanted, flag in ((prefix_meta, "prefix", "--checkpoint"), (semantic_meta, "semantic", "--semantic-checkpoint")):
+        if layout_name(meta.state.layout) != wanted:
+            raise NarratorError(f"{meta.path}: {flag} must be a {wanted!r} model, this one has layout {meta.state.layout!r}")
+    prefix, semantic_layout = checkpoint_layout(prefix_meta, prefix_cfg), checkpoint_layout(semantic_meta, semantic_cfg)
+    ids_a, ids_b = prefix_meta.stream(SEMANTIC), semantic_meta.stream(SEMANTIC)
+    if ids_a.config_hash != ids_b.config_hash:
+        raise NarratorError(f"{semantic_meta.path}: trained on semantic ids config_hash {ids_b.config_hash}, but "
+                            f"{prefix_meta.path} on {ids_a.config_hash}: both stages need the same semantic tokens")
+    info = prefix_meta.stream(ACOUSTIC)
+    weights_dirs = [prefix_meta.path, *token_folder(prefix_meta.path)]
+    codec = load_tokenizer(info, device=str(device), weights_dirs=weights_dirs)
+    semantic = load_semantic_tokenizer(ids_a, str(device), weights_dirs)
+
+    audio_info = probe(cfg.prompt)
+    prompt_slots = grid_steps(min(cfg.prompt_seconds, audio_info.duration_s))
+    prompt_audio = read_segment(audio_info, 0.0, prompt_slots * SLOT_SECONDS)
+    codes = codec.encode(prompt_audio).astype(np.int64)  # [K, 3 * prompt_slots]
+    ids = semantic.assigner.assign(semantic.embedder.embed(prompt_audio)).astype(np.int64)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    def sample(model, tokens: np.ndarray, count: int) -> np.ndarray:
+        idx = torch.from_numpy(tokens).long()[None].to(device)
+        out = model.generate(idx, count, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)
+        return out[0].cpu().numpy()
+
+    # Stage 1: semantic ids, up to the first boundary the model samples (the recording ends there).
+    new_slots = grid_steps(cfg.seconds)
+    tokens = sample(semantic_model, semantic_layout.encode({SEMANTIC: ids}), new_slots * semantic_layout.unit_tokens)
+    ids = semantic_layout.decode(tokens)[0][SEMANTIC]
+    total = len(ids) // 2
+    # Stage 2: acoustic frames window by window, half of each window given as acoustic context.
+    n = prefix.slots_for(prefix_cfg.block_size)
+    k = info.n_codebooks
+    done = prompt_slots
+    while done < total:
+        start = done - min(done, n // 2)
+        end = min(start + n, total)
+        window = prefix.prompt(ids[2 * start: 2 * end], codes[:, 3 * start: 3 * done])
+        made = prefix.decode(sample(prefix_model, window, 3 * (end - done) * k))[0][ACOUSTIC]
+        new = made[:, 3 * (done - start): 3 * (end - start)]
+        if new.shape[1] < 3 * (end - done):  # the model sampled a boundary: the audio ends there
+            codes = np.concatenate([codes, new[:, : new.shape[1] // 3 * 3]], axis=1)
+            break
+        codes = np.concatenate([codes, new], axis=1)
+        done = end
+    if not cfg.include_prompt:
+        codes = codes[:, 3 * prompt_slots:]
+    audio = codec.decode(codes)
+    return _write(cfg, audio, info.sample_rate, f"{prompt_slots * SLOT_SECONDS:.1f} s prompt from {cfg.prompt}, "
+                  f"{len(ids) // 2 * SLOT_SECONDS - prompt_slots * SLOT_SECONDS:.1f} s of semantic ids continued by "
+                  f"{semantic_meta.path} and made audible by {prefix_meta.path}")
+
+
 def token_folder(checkpoint: Path) -> list[Path]:
     """The token folder the checkpoint was trained on, if its config still names one that exists."""
     try:
@@ -76,24 +155,16 @@ def generate(cfg: GenerateConfig) -> Path:
         raise NarratorError("generate needs --checkpoint and --prompt")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
-    checkpoint, out = Path(cfg.checkpoint), Path(cfg.out)
+    checkpoint = Path(cfg.checkpoint)
     model, model_cfg, meta = load_for_inference(checkpoint, device)
+    if cfg.semantic_checkpoint:
+        return generate_two_stage(cfg, device, (model, model_cfg, meta))
     name = layout_name(meta.state.layout)
     if name not in ("flat", "interleaved"):
-        raise NarratorError(f"{checkpoint}: layout {meta.state.layout!r} generates in two stages (a semantic model, then "
-                            "a prefix model), which is not built yet; flat and interleaved checkpoints generate")
+        raise NarratorError(f"{checkpoint}: layout {meta.state.layout!r} generates in two stages: give the prefix model "
+                            "as --checkpoint and the semantic model as --semantic-checkpoint")
+    layout = checkpoint_layout(meta, model_cfg)
     streams = {s.name: s for s in meta.streams}
-    layout = make_layout(meta.state.layout, {s: (streams[s].n_codebooks, streams[s].codebook_size) for s in LAYOUTS[name]},
-                         shared_vocab=meta.state.shared_vocab)
-    if layout.vocab_size != model_cfg.vocab_size:
-        raise NarratorError(f"{checkpoint}: model vocab {model_cfg.vocab_size} does not match its tokenizer's "
-                            f"layout (vocab {layout.vocab_size})")
-    if layout.boundary_token != meta.state.boundary_token:
-        raise NarratorError(f"{checkpoint}: trained with boundary token {meta.state.boundary_token}, but its layout "
-                            f"gives {layout.boundary_token}")
-    if layout.special.separator != meta.state.separator_token:
-        raise NarratorError(f"{checkpoint}: trained with separator token {meta.state.separator_token}, but its layout "
-                            f"gives {layout.special.separator}")
     info = streams[ACOUSTIC]
     weights_dirs = [meta.path, *token_folder(meta.path)]
     tokenizer = load_tokenizer(info, device=str(device), weights_dirs=weights_dirs)
@@ -120,11 +191,17 @@ def generate(cfg: GenerateConfig) -> Path:
         print(f"the model sampled {boundaries} recording boundar{'y' if boundaries == 1 else 'ies'}: "
               f"{BOUNDARY_SILENCE_S:g} s of silence each")
 
+    return _write(cfg, audio, info.sample_rate, f"{prompt_seconds:.1f} s prompt from {cfg.prompt} + {cfg.seconds:.1f} s "
+                  f"generated at step {meta.state.step}, weights {info.weights.mode}")
+
+
+def _write(cfg: GenerateConfig, audio: np.ndarray, sample_rate: int, what: str) -> Path:
+    """The wav (written under a temporary name, then renamed) and the resolved config beside it."""
+    out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    sf.write(tmp, np.clip(audio, -1.0, 1.0), info.sample_rate, subtype="PCM_16")
+    sf.write(tmp, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
     tmp.replace(out)
     save_config(cfg, out.with_suffix(".yaml"))
-    print(f"wrote {out}: {len(audio) / info.sample_rate:.1f} s ({prompt_seconds:.1f} s prompt from {cfg.prompt} "
-          f"+ {cfg.seconds:.1f} s generated at step {meta.state.step}, weights {info.weights.mode})")
+    print(f"wrote {out}: {len(audio) / sample_rate:.1f} s ({what})")
     return out
