@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -337,7 +338,7 @@ def _encode(cfg: TokenizeConfig, out: Path, streams: list[_Stream], plan: ShardP
     stream's shard file as soon as its chunks are in."""
     shards = {shard.index: shard for shard in plan.shards}
     order = [(index, book, spec) for index in missing for book, spec in plan.chunks(shards[index], cfg.chunking)]
-    sizes = {index: len(plan.chunks(shards[index], cfg.chunking)) for index in missing}
+    sizes = Counter(index for index, _, _ in order)  # chunks per shard
     items = [{"path": book.source, "streams": ",".join(missing[index]), **asdict(spec)} for index, book, spec in order]
     recipes = []
     for stream in streams:

@@ -54,11 +54,11 @@ class ShardPlan:
     shards: list[PlannedShard] = field(default_factory=list)
     format: str = PLAN_FORMAT
 
-    def book(self, book_id: str) -> PlannedBook | None:
-        return self._by_id().get(book_id)
+    def __post_init__(self) -> None:
+        self._by_id = {b.id: b for b in self.books}  # not a field: kept current by extend, never saved
 
-    def _by_id(self) -> dict[str, PlannedBook]:
-        return {b.id: b for b in self.books}
+    def book(self, book_id: str) -> PlannedBook | None:
+        return self._by_id.get(book_id)
 
     def extend(self, books: list[PlannedBook], chunking: ChunkingConfig, target_bytes: float,
                bytes_per_second: float) -> list[PlannedShard]:
@@ -67,7 +67,7 @@ class ShardPlan:
         A chunk is costed as SAMPLE_OVERHEAD_BYTES plus `bytes_per_second` of tokens per second of
         audio: an estimate made before any token exists, so planning needs no encoder.
         """
-        known = self._by_id()
+        known = self._by_id
         new: list[PlannedShard] = []
         pieces: list[Piece] = []
         size = 0.0
@@ -75,6 +75,7 @@ class ShardPlan:
             if book.id in known:
                 raise ValueError(f"book {book.id} is planned already")
             self.books.append(book)
+            known[book.id] = book
             for spec in plan_chunks(book.id, book.duration_s, chunking):
                 cost = SAMPLE_OVERHEAD_BYTES + bytes_per_second * (spec.end_s - spec.start_s)
                 if pieces and size + cost > target_bytes:
@@ -92,7 +93,7 @@ class ShardPlan:
 
     def chunks(self, shard: PlannedShard, chunking: ChunkingConfig) -> list[tuple[PlannedBook, ChunkSpec]]:
         """The shard's chunks in order, each with its book."""
-        books = self._by_id()
+        books = self._by_id
         out = []
         for piece in shard.pieces:
             book = books[piece.book]
