@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from narrator.errors import ConfigError
 
 
 @dataclass
+class MixSource:
+    """One token folder of a mix, drawn in proportion to its weight."""
+
+    manifest: str  # token folder or its manifest.json
+    weight: float = 1.0
+
+
+@dataclass
 class DataConfig:
-    manifest: str = ""  # token folder or its manifest.json (required)
+    manifest: str = ""  # token folder or its manifest.json (this, or `mix`)
+    # Several token folders trained together: each training window comes from folder i with probability
+    # weight_i / sum(weights). Their streams must be the same tokens (config and weights); every folder
+    # keeps its own books' validation windows, and validation reads them all.
+    mix: list[MixSource] = field(default_factory=list)
     # How the token streams become one sequence (streaming/layout.py): "flat" (alias "acoustic"): EnCodec
     # codebooks interleaved frame by frame; "semantic": k-means ids only; "interleaved": per 40 ms slot its
     # 2 semantic ids then its 3 acoustic frames; "prefix": per window the semantic ids, a separator, the
@@ -25,6 +37,11 @@ class DataConfig:
     seed: int = 1337
 
     @property
+    def sources(self) -> list[MixSource]:
+        """The token folders to read: `mix`, or `manifest` alone with weight 1."""
+        return list(self.mix) if self.mix else [MixSource(self.manifest)] if self.manifest else []
+
+    @property
     def layout_name(self) -> str:
         """The layout's canonical name, as checkpoints record it ("acoustic" is "flat")."""
         return "flat" if self.layout == "acoustic" else self.layout
@@ -34,5 +51,12 @@ class DataConfig:
             raise ConfigError(f"'data.val_center': {self.val_center} is not in [0, 1]")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"'data.val_fraction': {self.val_fraction} is not in (0, 1)")
+        if self.manifest and self.mix:
+            raise ConfigError("'data.manifest' and 'data.mix' are both set: list every token folder under data.mix")
+        for i, source in enumerate(self.mix):
+            if not source.weight > 0:
+                raise ConfigError(f"'data.mix[{i}].weight': {source.weight} must be > 0 ({source.manifest})")
+        if len({s.manifest for s in self.mix}) != len(self.mix):
+            raise ConfigError("'data.mix' lists a token folder twice")
         if self.long_book_seconds < 0:
             raise ConfigError(f"'data.long_book_seconds': {self.long_book_seconds} is negative")

@@ -79,5 +79,6 @@ class TrainConfig:
                      "plot_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"'{name}': {getattr(self, name)} must be >= 1")
-        if not self.data.manifest:
-            raise ConfigError("'data.manifest' is required: the token folder made by `narrator tokenize`")
+        if not self.data.sources:
+            raise ConfigError("'data.manifest' is required: the token folder made by `narrator tokenize` "
+                              "(or data.mix: several folders with weights)")
