@@ -1,13 +1,16 @@
 """Audio in: probe a book, and read any stretch of it as mono 24 kHz float32 without loading it whole.
 
-soundfile (libsndfile) reads wav, flac, ogg and mp3 and seeks sample-exactly in all of them. Other
+soundfile (libsndfile) reads wav, flac, ogg and mp3 and seeks sample-exactly in all of them, from
+a local path or a URL (storage.py: an object store is read in ranges as soundfile seeks). Other
 containers (m4a, opus-in-webm, ...) are refused; convert them first, e.g.
 `ffmpeg -i book.m4a -ac 1 -ar 24000 book.flac`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import soundfile as sf
 import soxr
 
 from narrator.errors import NarratorError
+from narrator.tokenizers import storage
 from narrator.tokenizers.config import SAMPLE_RATE
 
 # Source seconds read beyond each end of a segment before resampling, so the resampler's edge
@@ -25,7 +29,7 @@ _RESAMPLE_PAD_SECONDS = 0.02
 
 @dataclass(frozen=True)
 class AudioInfo:
-    path: str
+    path: str  # a local path or a URL
     sample_rate: int
     channels: int
     frames: int  # in the file's own sample rate
@@ -33,19 +37,31 @@ class AudioInfo:
 
 
 def probe(path: str | Path) -> AudioInfo:
-    """Header facts of an audio file; one-line NarratorError if it is missing, empty or unreadable."""
-    path = Path(path)
-    if not path.is_file():
+    """Header facts of an audio file (a path or URL); one-line NarratorError if it is missing, empty or unreadable."""
+    path = storage.root(path)
+    if not storage.exists(path):
         raise NarratorError(f"{path}: file not found")
-    if path.stat().st_size == 0:
+    if storage.size(path) == 0:
         raise NarratorError(f"{path}: empty file (0 bytes)")
     try:
-        info = sf.info(str(path))
+        with _sound_file(str(path)) as f:
+            frames, samplerate, channels = f.frames, f.samplerate, f.channels
     except RuntimeError:  # sf.LibsndfileError; its text ("File does not exist ...") often misleads
         raise NarratorError(f"{path}: unsupported or corrupt audio (wav, flac, ogg and mp3 are read)") from None
-    if info.frames <= 0 or info.samplerate <= 0:
+    if frames <= 0 or samplerate <= 0:
         raise NarratorError(f"{path}: zero-length audio (no samples)")
-    return AudioInfo(str(path), info.samplerate, info.channels, info.frames, info.frames / info.samplerate)
+    return AudioInfo(str(path), samplerate, channels, frames, frames / samplerate)
+
+
+@contextlib.contextmanager
+def _sound_file(path: str) -> Iterator[sf.SoundFile]:
+    """The audio open for seeking reads: by name when local, through a ranged-read file object for a URL."""
+    if not storage.is_url(path):
+        with sf.SoundFile(path) as f:
+            yield f
+        return
+    with storage.open_read(path) as raw, sf.SoundFile(raw) as f:
+        yield f
 
 
 def n_samples(duration_s: float) -> int:
@@ -73,7 +89,7 @@ def read_segment(source: str | Path | AudioInfo, start_s: float, end_s: float) -
     src0 = first_step * step_in
     src1 = min(math.ceil(out1 * sr / SAMPLE_RATE) + pad_steps * step_in, info.frames)
     try:
-        with sf.SoundFile(info.path) as f:
+        with _sound_file(info.path) as f:
             f.seek(src0)
             block = f.read(src1 - src0, dtype="float32", always_2d=True)
     except RuntimeError as e:
@@ -93,9 +109,10 @@ def peak_dbfs(source: str | Path | AudioInfo, block_seconds: float = 60.0) -> fl
     info = source if isinstance(source, AudioInfo) else probe(source)
     peak = 0.0
     try:
-        for block in sf.blocks(info.path, blocksize=int(block_seconds * info.sample_rate), dtype="float32", always_2d=True):
-            if len(block):
-                peak = max(peak, float(np.abs(block.mean(axis=1)).max()))
+        with _sound_file(info.path) as f:
+            for block in f.blocks(blocksize=int(block_seconds * info.sample_rate), dtype="float32", always_2d=True):
+                if len(block):
+                    peak = max(peak, float(np.abs(block.mean(axis=1)).max()))
     except RuntimeError as e:
         raise NarratorError(f"{info.path}: unreadable audio ({e})") from None
     return 20.0 * math.log10(peak) if peak > 0 else -math.inf

@@ -1,0 +1,285 @@
+"""Where books and token folders live: a local path or any fsspec URL (s3://, gs://, ...).
+
+The only module that knows fsspec. A location is a local path or a URL string; `join` builds them
+(pathlib would fold `s3://` into `s3:/`). Local paths keep plain os/pathlib calls. Writes are
+atomic everywhere, so a reader never sees part of a file: local files go through `<name>.tmp` and
+os.replace, objects through a `<key>.tmp` moved onto the final key (S3: copy, then delete).
+Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
+AWS_DEFAULT_REGION for s3://; GOOGLE_APPLICATION_CREDENTIALS for gs://), so Ray actors and
+DataLoader workers get them the same way; every storage fault is one NarratorError naming the location.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from narrator.errors import NarratorError
+
+Location = str | Path
+URL_PATTERN = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+TEMP_SUFFIX = ".tmp"
+# Read through object stores in blocks of this size: a 30 s chunk of a book costs a ranged GET or
+# two, never a download of the whole file.
+READ_BLOCK_BYTES = 4 << 20
+# Environment variables that give fsspec's object stores their endpoint and credentials.
+CREDENTIAL_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                   "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+                   "GOOGLE_APPLICATION_CREDENTIALS")
+# Schemes webdataset's gopen opens itself (http(s) with curl, no shell); other URLs go through fsspec.
+WEBDATASET_SCHEMES = ("http", "https")
+
+
+def scheme(location: Location) -> str:
+    """"s3", "gs", ... for a URL; "" for a local path (file:// URLs count as local)."""
+    match = URL_PATTERN.match(str(location)) if isinstance(location, str) else None
+    return "" if match is None or match.group(1).lower() == "file" else match.group(1).lower()
+
+
+def is_url(location: Location) -> bool:
+    return scheme(location) != ""
+
+
+def root(location: Location) -> Location:
+    """A token folder or book as given: a Path for a local path (file:// stripped), the URL string otherwise."""
+    text = str(location)
+    if is_url(text):
+        return text.rstrip("/")
+    return Path(text.removeprefix("file://")).expanduser()
+
+
+def join(base: Location, *parts: str) -> Location:
+    """`base / part / ...`, for local paths (a Path) and URLs (a string) alike."""
+    if is_url(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return Path(base).joinpath(*parts)
+
+
+def name(location: Location) -> str:
+    return str(location).rstrip("/").rsplit("/", 1)[-1] if is_url(location) else Path(location).name
+
+
+def parent(location: Location) -> Location:
+    return str(location).rstrip("/").rsplit("/", 1)[0] if is_url(location) else Path(location).parent
+
+
+def _fs(url: str) -> tuple[Any, str]:
+    import fsspec  # only for URLs: local runs never import it
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise NarratorError(f"{url}: cannot open {scheme(url)}:// URLs ({str(e).splitlines()[0]})") from None
+
+
+def _bucket(path: str) -> str:
+    return path.split("/", 1)[0]
+
+
+@contextlib.contextmanager
+def _errors(url: str) -> Iterator[None]:
+    """Turn an object store's fault into one line that names the location and what to do."""
+    try:
+        yield
+    except NarratorError:
+        raise
+    except Exception as e:  # noqa: BLE001 - botocore/gcsfs/aiohttp errors share no base class; filtered below
+        raise storage_error(url, e) from None
+
+
+def storage_error(url: str, e: BaseException) -> BaseException:
+    """The NarratorError for a storage fault at `url`; `e` itself when it is not one (a bug stays a traceback)."""
+    kind = type(e).__name__
+    module = type(e).__module__.split(".")[0]
+    text = str(e).splitlines()[0] if str(e) else kind
+    if kind == "NoCredentialsError" or "credentials" in text.lower() and module in ("botocore", "google"):
+        return NarratorError(f"{url}: no credentials for {scheme(url)}:// (set AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a server other than AWS)")
+    if isinstance(e, FileNotFoundError):
+        if "bucket" in text.lower():
+            return NarratorError(f"{url}: bucket {_bucket(_fs(url)[1])!r} does not exist")
+        return NarratorError(f"{url}: not found")
+    if isinstance(e, PermissionError):
+        return NarratorError(f"{url}: access denied ({text}); check the credentials")
+    if isinstance(e, OSError) or module in ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "fsspec", "google"):
+        return NarratorError(f"{url}: storage error ({kind}: {text})")
+    return e
+
+
+def check_bucket(url: str) -> None:
+    """Refuse a URL whose bucket is missing or unreachable before anything is written (object stores
+    may create buckets on upload, or fail late)."""
+    fs, path = _fs(url)
+    with _errors(url):
+        if not fs.exists(_bucket(path)):
+            raise NarratorError(f"{url}: bucket {_bucket(path)!r} does not exist (create it first)")
+
+
+def exists(location: Location) -> bool:
+    """Whether a file (not a folder) is there."""
+    if not is_url(location):
+        return Path(location).is_file()
+    fs, path = _fs(str(location))
+    with _errors(str(location)):
+        return fs.isfile(path)
+
+
+def is_dir(location: Location) -> bool:
+    if not is_url(location):
+        return Path(location).is_dir()
+    fs, path = _fs(str(location))
+    with _errors(str(location)):
+        return fs.isdir(path)
+
+
+def size(location: Location) -> int:
+    if not is_url(location):
+        return Path(location).stat().st_size
+    fs, path = _fs(str(location))
+    with _errors(str(location)):
+        return int(fs.size(path))
+
+
+def read_bytes(location: Location) -> bytes:
+    if not is_url(location):
+        return Path(location).read_bytes()
+    fs, path = _fs(str(location))
+    with _errors(str(location)):
+        return fs.cat_file(path)
+
+
+def read_text(location: Location) -> str:
+    return read_bytes(location).decode() if is_url(location) else Path(location).read_text()
+
+
+def write_bytes(location: Location, data: bytes) -> None:
+    """Write `data` to `location` atomically (parent folders made as needed)."""
+    if not is_url(location):
+        path = Path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + TEMP_SUFFIX)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    fs, path = _fs(str(location))
+    with _errors(str(location)):
+        fs.pipe_file(path + TEMP_SUFFIX, data)
+        fs.mv(path + TEMP_SUFFIX, path)
+
+
+def write_text(location: Location, text: str) -> None:
+    write_bytes(location, text.encode())
+
+
+def upload(local: Path, location: Location) -> None:
+    """Move the finished local file `local` to `location` atomically; `local` is gone afterwards."""
+    if not is_url(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local, location)
+        return
+    fs, path = _fs(str(location))
+    with _errors(str(location)):
+        fs.put_file(str(local), path + TEMP_SUFFIX)
+        fs.mv(path + TEMP_SUFFIX, path)
+    Path(local).unlink()
+
+
+def download(location: Location, local: Path) -> None:
+    """Copy `location` to the local file `local`."""
+    if not is_url(location):
+        shutil.copy2(location, local)
+        return
+    fs, path = _fs(str(location))
+    with _errors(str(location)):
+        fs.get_file(path, str(local))
+
+
+def open_read(location: Location) -> IO[bytes]:
+    """A seekable binary file; object stores are read in READ_BLOCK_BYTES ranges as the reader seeks."""
+    if not is_url(location):
+        return open(location, "rb")
+    fs, path = _fs(str(location))
+    with _errors(str(location)):
+        return fs.open(path, "rb", block_size=READ_BLOCK_BYTES)
+
+
+def list_sizes(folder: Location) -> dict[str, int]:
+    """Name -> size of the files directly in `folder` (empty when it does not exist); temp files are left out."""
+    if not is_url(folder):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(folder) as entries:
+            return {e.name: e.stat().st_size for e in entries if e.is_file() and not e.name.endswith(TEMP_SUFFIX)}
+        return {}
+    fs, path = _fs(str(folder))
+    with _errors(str(folder)):
+        try:
+            found = fs.ls(path, detail=True, refresh=True)
+        except FileNotFoundError as e:
+            if "bucket" in str(e).lower():
+                raise
+            return {}
+    return {name(f["name"]): int(f["size"]) for f in found
+            if f["type"] == "file" and not f["name"].endswith(TEMP_SUFFIX)}
+
+
+def remove(location: Location) -> None:
+    """Delete a file if it is there."""
+    if not is_url(location):
+        Path(location).unlink(missing_ok=True)
+        return
+    fs, path = _fs(str(location))
+    with _errors(str(location)), contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
+
+
+def sha256(location: Location) -> str:
+    h = hashlib.sha256()
+    with open_read(location) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def local_copy(location: Location, suffix: str = "") -> Iterator[Path]:
+    """A local path holding the file at `location`: the file itself when local, a temporary download otherwise."""
+    if not is_url(location):
+        yield Path(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="narrator-") as folder:
+        local = Path(folder) / (name(location) + suffix)
+        download(location, local)
+        yield local
+
+
+def credentials_env() -> dict[str, str]:
+    """The storage variables set here, for processes that do not inherit this environment (Ray actors
+    on other nodes)."""
+    return {key: os.environ[key] for key in CREDENTIAL_VARS if key in os.environ}
+
+
+def register_webdataset_schemes(*urls: str) -> None:
+    """Let webdataset's gopen open these URLs' schemes through fsspec (it has no s3/gs handler).
+
+    gopen_schemes is per process: call this in every process that opens shards (DataLoader workers
+    run it through the pickled dataset's `__iter__`). Never `pipe:`: no shell runs a manifest's words.
+    """
+    from webdataset.gopen import gopen_schemes
+
+    for url in urls:
+        s = scheme(url)
+        if s and s not in WEBDATASET_SCHEMES and gopen_schemes.get(s) is not _gopen_fsspec:
+            gopen_schemes[s] = _gopen_fsspec
+
+
+def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> IO[bytes]:
+    """webdataset's opener for fsspec URLs: the shard streamed in READ_BLOCK_BYTES ranges."""
+    fs, path = _fs(url)
+    with _errors(url):
+        return fs.open(path, mode, block_size=READ_BLOCK_BYTES)
