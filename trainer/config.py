@@ -20,6 +20,7 @@ class ModelConfig:
     dropout: float = 0.1
     bias: bool = False
     vocab_size: int | None = None  # None: taken from the data (codebooks x codebook size)
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -31,7 +32,8 @@ class ModelConfig:
         sizes.update({k: getattr(self, k) for k in sizes if getattr(self, k) is not None})
         if sizes["n_embd"] % sizes["n_head"]:
             raise ConfigError(f"'model.n_embd' {sizes['n_embd']} is not divisible by 'model.n_head' {sizes['n_head']}")
-        return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, dropout=self.dropout, bias=self.bias, **sizes)
+        return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, dropout=self.dropout, bias=self.bias,
+                         activation_checkpointing=self.activation_checkpointing, **sizes)
 
 
 @dataclass
@@ -40,6 +42,7 @@ class OptimConfig:
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    fused: bool | Literal["auto"] = "auto"  # true: AdamW's fused kernel; false: foreach; auto: fused on CUDA only
 
     def __post_init__(self) -> None:
         if len(self.betas) != 2:

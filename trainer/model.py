@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 # Size presets (layers, heads, width). Parameter counts below are for the 4 x 1024 = 4096-token
 # vocabulary of EnCodec at 3 kbps and block_size 2048 (12 * n_layer * n_embd^2 + embeddings).
@@ -34,6 +35,28 @@ class GPTConfig:
     n_embd: int
     dropout: float = 0.1
     bias: bool = False  # biases in Linear and LayerNorm layers
+    # Recompute each block's activations in backward instead of keeping them: less memory, ~1/3 more compute.
+    activation_checkpointing: bool = False
+
+
+class KVCache:
+    """Keys and values of one attention layer for the tokens seen so far, in buffers of block_size
+    positions allocated at the first append (with the keys' batch, heads, dtype and device)."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, nh, T, hs] after the cached tokens; return all keys and values so far."""
+        if self.length == 0:
+            B, nh, _, hs = k.shape
+            self.k, self.v = k.new_empty(B, nh, self.block_size, hs), v.new_empty(B, nh, self.block_size, hs)
+        end = self.length + k.size(2)
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -46,11 +69,20 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        past = cache.length if cache is not None else 0
+        if cache is not None:
+            k, v = cache.append(k, v)
+        # Query i sits at position past + i and sees keys 0..past + i; SDPA's is_causal aligns the
+        # mask top-left, which is right only without cached keys, and one query sees them all.
+        mask = None
+        if past and T > 1:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=past == 0 and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -77,8 +109,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -114,15 +146,24 @@ class GPT(nn.Module):
         """Parameters counted once each (the tied embedding is one Parameter)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position [B, T, vocab]; with targets, also the mean cross-entropy."""
-        B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                caches: list[KVCache] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position [B, T, vocab]; with targets, also the mean cross-entropy.
+
+        With `caches` (one per layer), idx continues the cached tokens and its keys and values are added.
+        """
+        T = idx.size(1)
+        past = caches[0].length if caches else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.config.block_size}")
+        pos = torch.arange(past, past + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for i, block in enumerate(self.transformer.h):
+            if recompute:  # non-reentrant: the variant that works under DDP and DeepSpeed ZeRO
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, caches[i] if caches else None)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
@@ -138,15 +179,28 @@ class GPT(nn.Module):
         ]
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Append `max_new_tokens` sampled tokens to idx [B, T]; the context is cropped to block_size.
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True, align: int = 1) -> torch.Tensor:
+        """Append `max_new_tokens` sampled tokens to idx [B, T], each seeing at most block_size tokens (`context_start`).
 
         temperature 0 picks the most likely token; top_k keeps only the k most likely before sampling.
+        With `use_cache` every layer keeps its keys and values, so a new token costs one position, not
+        the whole context; both ways see the same context and draw the same samples from `generator`.
         """
+        block_size = self.config.block_size
+        start = context_start(idx.size(1), 0, block_size, align, keep=block_size)  # a long prompt: its last block
+        caches = None
         for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size:]
-            logits = self(context)[0][:, -1, :].float()
+            new_start = context_start(idx.size(1), start, block_size, align)
+            if not use_cache:
+                logits = self(idx[:, new_start:])[0]
+            elif caches is None or new_start != start:  # the first token, or the window moved: cache its tokens anew
+                caches = [KVCache(block_size) for _ in self.transformer.h]
+                logits = self(idx[:, new_start:], caches=caches)[0]
+            else:
+                logits = self(idx[:, -1:], caches=caches)[0]
+            start = new_start
+            logits = logits[:, -1, :].float()
             if temperature <= 0:
                 next_token = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -158,3 +212,20 @@ class GPT(nn.Module):
                 next_token = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, next_token), dim=1)
         return idx
+
+
+def context_start(length: int, start: int, block_size: int, align: int = 1, keep: int | None = None) -> int:
+    """Where the context of the next token begins, with `length` tokens so far and the context at `start`.
+
+    The context grows to block_size tokens, then jumps ahead to keep only the newest `keep` (default
+    block_size // 2). It cannot slide one token at a time with a cache: positions are learned absolute
+    embeddings, so moving a token to another position changes its keys and values in every layer;
+    after a jump the kept tokens are run again once, which every block_size - keep tokens is cheap.
+    A start is a whole number of `align` tokens into the sequence, as training windows start on a unit.
+    """
+    if length - start <= block_size:
+        return start
+    keep = block_size // 2 if keep is None else keep
+    if align > keep:
+        raise ValueError(f"align {align} is longer than the {keep} tokens of context kept (block_size {block_size})")
+    return -(-(length - keep) // align) * align  # the first aligned start that keeps at most `keep` tokens

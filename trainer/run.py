@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from narrator.config import config_hash, load_config, save_config, to_dict
 from narrator.errors import ConfigError, NarratorError
-from narrator.streaming.dataset import EpochCoverage, TrainBatch, build_train_loader, build_val_loader, data_vocab
+from narrator.streaming.dataset import (EpochCoverage, TrainBatch, build_train_loader, build_val_loader, data_vocab,
+                                        open_folder, open_sources)
 from narrator.streaming.layout import FlatLayout, Layout
 from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
 from narrator.trainer.checkpoint import (TrainerState, latest_checkpoint, list_checkpoints, read_state,
@@ -85,16 +86,16 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     rank, world = accelerator.process_index, accelerator.num_processes
     print(f"rank {rank}/{world}: device {accelerator.device}, {accelerator.distributed_type.value}", flush=True)
 
-    # Data first: the model's vocabulary must match the tokens.
-    manifest_path = Path(cfg.data.manifest)
-    manifest = Manifest.load(manifest_path)
-    manifest_dir = manifest_path if manifest_path.is_dir() else manifest_path.parent
+    # Data first: the model's vocabulary must match the tokens (of every folder of a mix: open_sources checks).
+    folders = [open_folder(source.manifest) for source in cfg.data.sources]
+    manifest, manifest_dir = folders[0]
     cfg.model.vocab_size = check_vocab(cfg, manifest, manifest_dir / MANIFEST_NAME)
     layout, _ = data_vocab(cfg.data, manifest, manifest_dir / MANIFEST_NAME)
     streams = [manifest.stream(s, manifest_dir / MANIFEST_NAME) for s in layout.streams]  # what the layout reads
     tokens_hash = "+".join(s.config_hash for s in streams)
     # Files beside the shards (random-init weights, k-means centroids) go into every checkpoint for generate.
     codec_files = [manifest_dir / f for s in streams for f in s.files()]
+    sources = open_sources(cfg.data, folders)  # every folder's shards checked, and a mix checked to be one kind
     model_config = cfg.model.gpt_config(cfg.model.vocab_size)
     start = resume_point(cfg, out)
 
@@ -120,16 +121,18 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
         save_config(cfg, out / "config.yaml")
         (out / "streams.json").write_text(json.dumps(to_dict(streams), indent=1) + "\n")
         print(f"model: {cfg.model.preset} preset, {accelerator.unwrap_model(model).num_params() / 1e6:.2f} M parameters, "
-              f"vocab {model_config.vocab_size}, block {model_config.block_size}; {manifest.total_tokens:,} tokens "
-              f"in {len(manifest.books)} books; {world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}")
+              f"vocab {model_config.vocab_size}, block {model_config.block_size}; "
+              f"{sum(m.total_tokens for m, _ in folders):,} tokens in {sum(len(m.books) for m, _ in folders)} books"
+              f"{f' of {len(folders)} token folders' if len(folders) > 1 else ''}; "
+              f"{world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}")
 
     # Data. A resumed run starts at a later epoch so it does not replay the windows it began with.
     block = model_config.block_size
-    train_loader = build_train_loader(cfg.data, manifest, manifest_dir, block, cfg.batch_size, rank, world,
+    train_loader = build_train_loader(cfg.data, sources, block, cfg.batch_size, rank, world,
                                       seed=cfg.data.seed, epoch_offset=state.step)
     train_loader.worker_init_fn = functools.partial(shield_worker, train_loader.worker_init_fn)
     # The same eval_batches batches at every evaluation, on every process (a short val set is cycled).
-    val_loader = build_val_loader(cfg.data, manifest, manifest_dir, block, cfg.batch_size, rank, world)
+    val_loader = build_val_loader(sources, block, cfg.batch_size, rank, world)
     val_batches = list(itertools.islice(itertools.cycle(val_loader), cfg.eval_batches))
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * block
 
@@ -138,7 +141,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     last_checkpoint = start
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main_process, unit="step", dynamic_ncols=True)
     window = Window()
-    coverage = CoverageLog(max(1, cfg.data.num_workers), block, rank if world > 1 else None)
+    coverage = CoverageLog(max(1, cfg.data.num_workers), block, rank if world > 1 else None,
+                           [s.manifest for s in cfg.data.sources] if len(folders) > 1 else None)
     val_loss = None
     with StopSignal() as stop:
         batches = coverage.strip(train_loader)
@@ -370,12 +374,13 @@ class CoverageLog:
     """Per epoch, the share of this process's training tokens that landed in a window.
 
     Each DataLoader worker reports its epochs on its own (with the batch holding its last window of
-    the epoch); an epoch is summed and reported once all `workers` reported it.
+    the epoch); an epoch is summed and reported once all `workers` reported it. In a mix, each token
+    folder (`sources`) counts its own epochs.
     """
 
-    def __init__(self, workers: int, block_size: int, rank: int | None):
-        self.workers, self.block_size, self.rank = workers, block_size, rank
-        self._parts: dict[int, list[EpochCoverage]] = {}
+    def __init__(self, workers: int, block_size: int, rank: int | None, sources: list[str] | None = None):
+        self.workers, self.block_size, self.rank, self.sources = workers, block_size, rank, sources
+        self._parts: dict[tuple[int, int], list[EpochCoverage]] = {}
         self._done: list[EpochCoverage] = []  # finished, not yet printed
         self._unlogged: list[EpochCoverage] = []  # finished, not yet in metrics.jsonl
 
@@ -383,10 +388,10 @@ class CoverageLog:
         """(x, y) of each batch, keeping the coverage reports it carries."""
         for batch in batches:
             for part in batch.coverage:
-                parts = self._parts.setdefault(part.epoch, [])
+                parts = self._parts.setdefault((part.source, part.epoch), [])
                 parts.append(part)
                 if len(parts) == self.workers:
-                    done = sum(self._parts.pop(part.epoch)[1:], parts[0])
+                    done = sum(self._parts.pop((part.source, part.epoch))[1:], parts[0])
                     self._done.append(done)
                     self._unlogged.append(done)
             yield batch.x, batch.y
@@ -394,15 +399,15 @@ class CoverageLog:
     def lines(self) -> list[str]:
         """One line per epoch finished since the last call."""
         where = "" if self.rank is None else f" on rank {self.rank}"
-        lines = [f"epoch {c.epoch}: {c.share:.2%} of {c.tokens:,} training tokens{where} landed in a window "
-                 f"(block {self.block_size})" for c in self._done]
+        lines = [f"epoch {c.epoch}{'' if self.sources is None else f' of {self.sources[c.source]}'}: {c.share:.2%} of "
+                 f"{c.tokens:,} training tokens{where} landed in a window (block {self.block_size})" for c in self._done]
         self._done = []
         return lines
 
     def records(self) -> list[dict]:
         """The epochs finished since the last call, for metrics.jsonl."""
-        records = [{"epoch": c.epoch, "tokens": c.tokens, "covered": c.covered, "share": round(c.share, 6)}
-                   for c in self._unlogged]
+        records = [{"epoch": c.epoch, "tokens": c.tokens, "covered": c.covered, "share": round(c.share, 6),
+                    **({} if self.sources is None else {"source": self.sources[c.source]})} for c in self._unlogged]
         self._unlogged = []
         return records
 
