@@ -19,6 +19,7 @@ from typing import Any
 
 from narrator.config import from_dict, to_dict
 from narrator.errors import ConfigError, NarratorError
+from narrator.tokenizers import storage
 from narrator.tokenizers.config import FRAME_GRID_SECONDS
 
 FORMAT = "narrator-tokens/2"  # /2: named streams; shards of many books, one plan for all streams
@@ -73,6 +74,7 @@ class BookEntry:
     slots: int  # 40 ms slots tokenized (the tail shorter than one slot is dropped)
     chunks: int
     shards: list[int]  # plan indices of the shards holding its chunks, in chunk order
+    meta: dict[str, str] = field(default_factory=dict)  # catalog columns beyond id and audio (reader, licence, ...)
 
 
 @dataclass
@@ -124,22 +126,17 @@ class Manifest:
     def total_tokens(self) -> int:
         return sum(self.tokens(s.name) for s in self.streams)
 
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(to_dict(self), indent=1) + "\n")
-        tmp.replace(path)
+    def save(self, path: storage.Location) -> None:
+        storage.write_text(storage.root(path), json.dumps(to_dict(self), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Manifest":
-        """Read a manifest from its file or its folder."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / MANIFEST_NAME
-        if not path.is_file():
+    def load(cls, path: storage.Location) -> "Manifest":
+        """Read a manifest from its file or its folder (a local path or a URL)."""
+        path = manifest_file(path)
+        if not storage.exists(path):
             raise NarratorError(f"{path}: no token manifest here (run `narrator tokenize` first)")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(storage.read_text(path))
         except json.JSONDecodeError as e:
             raise NarratorError(f"{path}: manifest is not valid JSON ({e})") from None
         if data.get("format") != FORMAT:
@@ -149,3 +146,19 @@ class Manifest:
             return from_dict(cls, data)
         except ConfigError as e:
             raise NarratorError(f"{path}: malformed manifest ({e})") from None
+
+
+def manifest_file(path: storage.Location) -> storage.Location:
+    """The manifest.json of a token folder given as the folder or the file itself.
+
+    A URL names the file when it ends in .json (an object store has no folders to ask about).
+    """
+    path = storage.root(path)
+    if storage.is_url(path):
+        return path if str(path).endswith(".json") else storage.join(path, MANIFEST_NAME)
+    return path / MANIFEST_NAME if path.is_dir() else path
+
+
+def token_folder(path: storage.Location) -> storage.Location:
+    """The token folder of a manifest given as the folder or the file itself (a Path, or a URL string)."""
+    return storage.parent(manifest_file(path))

@@ -3,18 +3,21 @@
 Only paths and times travel through Ray: each actor holds one EnCodec and reads its own audio by
 seeking. Books are checked and added to the shard plan (plan.py) before anything is encoded; the
 driver then writes each missing shard as soon as its chunks are in. A rerun finds the finished
-shards by name and encodes only the missing ones; new books are appended in new shards.
+shards by name and encodes only the missing ones; new books are appended in new shards. OUT and
+the books may be local paths or fsspec URLs (s3://bucket/prefix): every file goes through storage.py.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import math
 import os
 import re
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,6 +30,8 @@ from tqdm import tqdm
 
 from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import NarratorError
+from narrator.tokenizers import storage
+from narrator.tokenizers.catalog import BookSource, resolve_inputs
 from narrator.tokenizers.audio import AudioInfo, peak_dbfs, probe, read_segment
 from narrator.tokenizers.chunking import ChunkSpec, grid_steps, plan_chunks
 from narrator.streaming.config import DataConfig
@@ -35,31 +40,28 @@ from narrator.tokenizers.config import STREAMS, EncodecConfig, TokenizeConfig, W
 from narrator.tokenizers.encodec import EncodecTokenizer, random_weights_name, stream_info, token_config_hash
 from narrator.tokenizers.manifest import (ACOUSTIC, MANIFEST_NAME, SEMANTIC, BookEntry, FailedBook, Manifest, ShardEntry,
                                           ShardFile, StreamInfo, WeightsIdentity)
+from narrator.tokenizers.kmeans import kmeans_paths
 from narrator.tokenizers.semantic import (KMEANS_STEM, SemanticTokenizer, fit_semantic, random_whisper_name, semantic_config,
                                           semantic_stream_info)
 from narrator.tokenizers.plan import PlannedBook, ShardPlan
+from narrator.tokenizers.ray_cluster import node_summary, ray_session
 from narrator.tokenizers.stderr_filter import RAY_ACTOR_RESTART_NOTICE, drop_stderr_lines
 from narrator.tokenizers.whisper import WhisperEmbedder
-from narrator.tokenizers.shards import (ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy, file_sha256,
+from narrator.tokenizers.shards import (ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy,
                                         log_written, read_written, shard_path, stream_info_path)
 
 CONFIG_NAME = "tokenize_config.yaml"
 
 
-@dataclass
-class BookSource:
-    id: str
-    source: str  # absolute path
-    given: str  # the path as the user wrote it (or as the catalog names it), for messages
-
 
 @dataclass
 class TokenizeReport:
-    out: Path
+    out: storage.Location
     added: list[str] = field(default_factory=list)  # books planned by this run
     failed: list[FailedBook] = field(default_factory=list)
     shards_written: int = 0
     chunks_encoded: int = 0
+    chunks_per_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> chunks its actors encoded
     tokens: int = 0  # in the whole manifest
 
 
@@ -72,24 +74,28 @@ class _Stream:
     recipe: dict[str, Any]  # ChunkEncoderActor's description of it; big arrays go in as object refs
 
 
-def tokenize(cfg: TokenizeConfig, out: Path, inputs: list[str]) -> TokenizeReport:
-    """Tokenize every book in `inputs` (audio files or .txt catalogs) into `out`: each stream of
-    `cfg.streams` in its own shard set, cut by one plan; resumable, appendable, and a stream can be
-    added to a folder that holds others."""
-    out = Path(out)
+def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str]) -> TokenizeReport:
+    """Tokenize every book in `inputs` (audio files or .txt catalogs) into `out` (a folder or URL): each
+    stream of `cfg.streams` in its own shard set, cut by one plan; resumable, appendable, and a stream
+    can be added to a folder that holds others."""
+    out = storage.root(out)
     books = resolve_inputs(inputs)
+    if storage.is_url(out):
+        storage.check_bucket(str(out))
     _check_out(out, cfg)
     # The models first, on the driver: missing weights fail before any audio is read.
     codec = _codec(cfg, out) if ACOUSTIC in cfg.streams else None
     embedder = _embedder(cfg, out) if SEMANTIC in cfg.streams else None
     if codec is not None:
         _check_out(out, cfg, stream_info(cfg, tokenizer=codec))
-    out.mkdir(parents=True, exist_ok=True)
+    if not storage.is_url(out):  # an object store has no folders to make
+        out.mkdir(parents=True, exist_ok=True)
     if codec is not None and codec.weights_identity().mode == "random" and codec.weights_identity().file is None:
-        codec.save_weights(out / random_weights_name(cfg.encodec.weights.seed))
+        _save_weights(codec, out, random_weights_name(cfg.encodec.weights.seed))
     if embedder is not None and embedder.weights_identity().mode == "random" and embedder.weights_identity().file is None:
-        embedder.save_weights(out / random_whisper_name(cfg.whisper.model, cfg.whisper.weights.seed))
-    save_config(cfg, out / CONFIG_NAME)
+        _save_weights(embedder, out, random_whisper_name(cfg.whisper.model, cfg.whisper.weights.seed))
+    with _staged(out, [CONFIG_NAME]) as local:
+        save_config(cfg, storage.join(local, CONFIG_NAME))
     report = TokenizeReport(out)
     plan = ShardPlan.load(out)
     _plan_books(cfg, plan, books, report, bytes_per_second=_bytes_per_second(cfg))
@@ -102,20 +108,16 @@ def tokenize(cfg: TokenizeConfig, out: Path, inputs: list[str]) -> TokenizeRepor
     if embedder is not None:
         streams.append(_semantic_stream(cfg, out, embedder, plan))
     for stream in streams:
-        (out / stream_info_path(stream.info.name)).parent.mkdir(parents=True, exist_ok=True)
-        _write_json(out / stream_info_path(stream.info.name), stream.info)
+        _write_json(storage.join(out, stream_info_path(stream.info.name)), stream.info)
     present = _folder_streams(out)
     written = {info.name: read_written(out, info.name) for info in present}
-    missing = {shard.index: [st.info.name for st in streams if not (out / shard_path(st.info.name, shard.index)).is_file()]
+    on_disk = {st.info.name: _shard_sizes(out, st.info.name) for st in streams}
+    missing = {shard.index: [st.info.name for st in streams if shard_path(st.info.name, shard.index) not in on_disk[st.info.name]]
                for shard in plan.shards}
     missing = {index: names for index, names in missing.items() if names}
     if missing:
-        started_ray = _ensure_ray(cfg)
-        try:
+        with ray_session(cfg.ray):
             _encode(cfg, out, streams, plan, missing, written, report)
-        finally:
-            if started_ray:
-                ray.shutdown()
     manifest = build_manifest(out, cfg, plan, present, written, report.failed)
     report.tokens = manifest.total_tokens
     hours = sum(b.duration_s for b in manifest.books) / 3600
@@ -126,57 +128,30 @@ def tokenize(cfg: TokenizeConfig, out: Path, inputs: list[str]) -> TokenizeRepor
     return report
 
 
-def resolve_inputs(inputs: list[str]) -> list[BookSource]:
-    """Audio paths and catalogs (.txt: one path per line, relative to the catalog, # comments) -> books."""
-    given: dict[Path, str] = {}
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.suffix.lower() != ".txt":
-            given.setdefault(p.resolve(), item)
-            continue
-        if not p.is_file():
-            raise NarratorError(f"{p}: catalog file not found")
-        for line in p.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                entry = Path(line).expanduser()
-                entry = entry if entry.is_absolute() else p.parent / entry
-                given.setdefault(entry.resolve(), str(entry))
-    if not given:
-        raise NarratorError(f"no audio files in the inputs: {' '.join(inputs)}")
-    stems = [re.sub(r"[^A-Za-z0-9_-]+", "_", p.stem).strip("_") or "book" for p in given]
-    books = []
-    for (path, name), stem in zip(given.items(), stems):
-        # Every book of a colliding name gets the hash, so ids do not depend on input order.
-        collides = stems.count(stem) > 1
-        book_id = f"{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}" if collides else stem
-        books.append(BookSource(book_id, str(path), name))
-    return books
-
-
-def build_manifest(out: Path, cfg: TokenizeConfig, plan: ShardPlan, streams: list[StreamInfo],
+def build_manifest(out: storage.Location, cfg: TokenizeConfig, plan: ShardPlan, streams: list[StreamInfo],
                    written: dict[str, dict[str, WrittenShard]], failed: list[FailedBook]) -> Manifest:
     """manifest.json from the plan and each stream's shards on disk; planned shard files not on disk are `pending`."""
     manifest = Manifest(streams=streams, failed=list(failed))
+    on_disk = {info.name: _shard_sizes(out, info.name) for info in streams}
     book_shards = plan.book_shards()
     for book in plan.books:
         specs = plan_chunks(book.id, book.duration_s, cfg.chunking)
         manifest.books.append(BookEntry(id=book.id, source=book.source, duration_s=book.duration_s,
                                         slots=grid_steps(book.duration_s), chunks=len(specs),
-                                        shards=list(dict.fromkeys(book_shards[book.id]))))
+                                        shards=list(dict.fromkeys(book_shards[book.id])), meta=dict(book.meta)))
     for shard in plan.shards:
         specs = plan.chunks(shard, cfg.chunking)
         files = {}
         for info in streams:
             rel = shard_path(info.name, shard.index)
-            if not (out / rel).is_file():
+            if rel not in on_disk[info.name]:
                 manifest.pending.append(rel)
                 continue
             record = written[info.name].get(rel)
-            if record is None or record.bytes != (out / rel).stat().st_size:  # renamed, but its record was not logged
+            if record is None or record.bytes != on_disk[info.name][rel]:  # renamed, but its record was not logged
                 slots = sum(grid_steps(s.end_s - s.start_s) for _, s in specs)
                 record = WrittenShard(rel, len(specs), slots * info.frames_per_slot * info.n_codebooks,
-                                      (out / rel).stat().st_size, file_sha256(out / rel))
+                                      on_disk[info.name][rel], storage.sha256(storage.join(out, rel)))
                 log_written(out, info.name, record)
             files[info.name] = ShardFile(rel, record.tokens, record.bytes, record.sha256)
         manifest.shards.append(ShardEntry(index=shard.index, books=list(dict.fromkeys(p.book for p in shard.pieces)),
@@ -184,8 +159,14 @@ def build_manifest(out: Path, cfg: TokenizeConfig, plan: ShardPlan, streams: lis
     if manifest.pending:
         print(f"tokenize: {len(manifest.pending)} planned shard files are not written yet; "
               "rerun the same command to complete them")
-    manifest.save(out / MANIFEST_NAME)
+    manifest.save(storage.join(out, MANIFEST_NAME))
     return manifest
+
+
+def _shard_sizes(out: storage.Location, stream: str) -> dict[str, int]:
+    """A stream's finished shard files (relative to OUT) -> their sizes, from one listing (no temp files)."""
+    return {shard_path(stream, int(name[:-4])): size for name, size in storage.list_sizes(storage.join(out, "shards", stream)).items()
+            if re.fullmatch(r"\d{6}\.tar", name)}
 
 
 class ChunkEncoderActor:
@@ -195,12 +176,14 @@ class ChunkEncoderActor:
 
     Weights and centroids come as object refs of the driver's (in one-element lists, so Ray hands
     over the reference): no download, no rebuild. A NarratorError (say, a book that became
-    unreadable) comes back as an `error` column, so the driver stops with that one line.
+    unreadable) comes back as an `error` column, so the driver stops with that one line. Each row
+    carries the actor's Ray node id (`node`), so the driver can say where the work ran.
     """
 
     def __init__(self, streams: list[dict[str, Any]], torch_threads: int, device: str):
         torch.set_num_threads(torch_threads)
         self.tokenizers = {recipe["name"]: _rebuild(recipe, device) for recipe in streams}
+        self.node = ray.get_runtime_context().get_node_id()
         self.audio: dict[str, AudioInfo] = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -222,7 +205,7 @@ class ChunkEncoderActor:
                         columns[f"tokens_{name}"][i] = encode_npy(tokens)
         except NarratorError as e:
             errors = [str(e)] * n
-        return {"book": batch["book"], "chunk": batch["chunk"], "error": np.array(errors),
+        return {"book": batch["book"], "chunk": batch["chunk"], "error": np.array(errors), "node": np.array([self.node] * n),
                 **{key: np.array(values, dtype=object) for key, values in columns.items()}}
 
 
@@ -241,44 +224,75 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _codec(cfg: TokenizeConfig, out: Path) -> EncodecTokenizer:
+def _codec(cfg: TokenizeConfig, out: storage.Location) -> EncodecTokenizer:
     """The codec OUT's tokens are made with. Random weights are built once, kept in OUT and loaded
     from there by every later run, since a rebuild on another machine may differ (see _random_model)."""
-    weights = out / random_weights_name(cfg.encodec.weights.seed)
-    if cfg.encodec.weights.mode == "random" and weights.is_file():
-        return EncodecTokenizer.from_weights_file(cfg.encodec, weights)
+    weights = storage.join(out, random_weights_name(cfg.encodec.weights.seed))
+    if cfg.encodec.weights.mode == "random" and storage.exists(weights):
+        with storage.local_copy(weights) as local:
+            return EncodecTokenizer.from_weights_file(cfg.encodec, local)
     return EncodecTokenizer(cfg.encodec)
 
 
-def _embedder(cfg: TokenizeConfig, out: Path) -> WhisperEmbedder:
+def _embedder(cfg: TokenizeConfig, out: storage.Location) -> WhisperEmbedder:
     """The Whisper encoder of the semantic stream; random weights are kept in OUT, as the codec's are."""
-    weights = out / random_whisper_name(cfg.whisper.model, cfg.whisper.weights.seed)
-    if cfg.whisper.weights.mode == "random" and weights.is_file():
-        return WhisperEmbedder.from_weights_file(cfg.whisper, weights)
+    weights = storage.join(out, random_whisper_name(cfg.whisper.model, cfg.whisper.weights.seed))
+    if cfg.whisper.weights.mode == "random" and storage.exists(weights):
+        with storage.local_copy(weights) as local:
+            return WhisperEmbedder.from_weights_file(cfg.whisper, local)
     return WhisperEmbedder(cfg.whisper)
 
 
-def _semantic_stream(cfg: TokenizeConfig, out: Path, embedder: WhisperEmbedder, plan: ShardPlan) -> _Stream:
+def _save_weights(model: EncodecTokenizer | WhisperEmbedder, out: storage.Location, name: str) -> None:
+    """Keep a model's random weights in OUT as `name`."""
+    with _staged(out, [name]) as local:
+        model.save_weights(storage.join(local, name))
+
+
+@contextlib.contextmanager
+def _staged(out: storage.Location, files: list[str]) -> Iterator[storage.Location]:
+    """A local folder holding OUT's `files` (relative paths) for code that reads and writes local files:
+    OUT itself when local; for a URL, a temporary copy whose new or changed files are uploaded
+    afterwards, .json last (it names the others, so it is the commit point)."""
+    if not storage.is_url(out):
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="narrator-out-") as folder:
+        local, before = Path(folder), {}
+        for rel in files:
+            if storage.exists(storage.join(out, rel)):
+                (local / rel).parent.mkdir(parents=True, exist_ok=True)
+                storage.download(storage.join(out, rel), local / rel)
+                before[rel] = storage.sha256(local / rel)
+        yield local
+        for rel in sorted(files, key=lambda f: f.endswith(".json")):
+            if (local / rel).is_file() and before.get(rel) != storage.sha256(local / rel):
+                storage.upload(local / rel, storage.join(out, rel))
+
+
+def _semantic_stream(cfg: TokenizeConfig, out: storage.Location, embedder: WhisperEmbedder, plan: ShardPlan) -> _Stream:
     """Fit (or load) the folder's k-means on a sample of every planned book, away from the validation
     slots of the default training split, then describe the stream."""
     books = [(b.id, b.source, grid_steps(b.duration_s)) for b in plan.books]
     entries = [BookEntry(b.id, b.source, b.duration_s, grid_steps(b.duration_s), 0, []) for b in plan.books]
-    model, fitted = fit_semantic(cfg, out, embedder, books, held_out_slots(entries, DataConfig()))
+    with _staged(out, [str(p) for p in kmeans_paths(KMEANS_STEM)]) as local:
+        model, fitted = fit_semantic(cfg, local, embedder, books, held_out_slots(entries, DataConfig()))
+        tokenizer = SemanticTokenizer(embedder, model)
+        info = semantic_stream_info(cfg, tokenizer, local)
     if fitted:
         quality = model.meta.quality_heldout or model.meta.quality_fit
         print(f"k-means: fit k={model.meta.k} on {model.meta.sample.fit_frames:,} frames of {model.meta.sample.books} books "
               f"(Whisper {cfg.whisper.model}, layer {cfg.whisper.layer}); held-out relative error "
-              f"{quality.relative_error:.3f}, perplexity {quality.perplexity:.0f} -> {out / KMEANS_STEM}.json")
-    tokenizer = SemanticTokenizer(embedder, model)
-    return _Stream(semantic_stream_info(cfg, tokenizer, out), tokenizer, {
+              f"{quality.relative_error:.3f}, perplexity {quality.perplexity:.0f} -> {storage.join(out, KMEANS_STEM)}.json")
+    return _Stream(info, tokenizer, {
         "name": SEMANTIC, "config": to_dict(cfg.whisper), "identity": to_dict(embedder.weights_identity()),
         "weights": embedder.encoder.state_dict(), "kmeans": model})
 
 
-def _folder_streams(out: Path) -> list[StreamInfo]:
+def _folder_streams(out: storage.Location) -> list[StreamInfo]:
     """Every stream the folder holds (made by this run or an earlier one), in STREAMS order."""
-    found = [_read_json(out / stream_info_path(name), StreamInfo) for name in STREAMS if (out / stream_info_path(name)).is_file()]
-    return found
+    paths = [storage.join(out, stream_info_path(name)) for name in STREAMS]
+    return [_read_json(path, StreamInfo) for path in paths if storage.exists(path)]
 
 
 def _bytes_per_second(cfg: TokenizeConfig) -> float:
@@ -322,7 +336,7 @@ def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], r
         if isinstance(result, str):
             _fail(report, book, result)
         else:
-            usable.append(PlannedBook(book.id, book.source, result))
+            usable.append(PlannedBook(book.id, book.source, result, book.meta))
     plan.extend(usable, cfg.chunking, cfg.shards.target_mb * 1e6, bytes_per_second)
     report.added += [b.id for b in usable]
 
@@ -332,7 +346,7 @@ def _fail(report: TokenizeReport, book: BookSource, reason: str) -> None:
     print(f"skipped {book.given}: {reason}")
 
 
-def _encode(cfg: TokenizeConfig, out: Path, streams: list[_Stream], plan: ShardPlan, missing: dict[int, list[str]],
+def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], plan: ShardPlan, missing: dict[int, list[str]],
             written: dict[str, dict[str, WrittenShard]], report: TokenizeReport) -> None:
     """Run the Ray Data actor pool over the chunks of the shards some stream lacks, and write each
     stream's shard file as soon as its chunks are in."""
@@ -352,6 +366,9 @@ def _encode(cfg: TokenizeConfig, out: Path, streams: list[_Stream], plan: ShardP
     ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = True, False, False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the tqdm bar below replaces Ray Data's progress output
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    # Actors read URL books (and may run on nodes that lack this environment): hand them the storage credentials.
+    urls = storage.is_url(out) or any(storage.is_url(item["path"]) for item in items)
+    remote_args = {"runtime_env": {"env_vars": storage.credentials_env()}} if urls and storage.credentials_env() else {}
     writers: dict[str, ShardWriter] = {}
     try:
         blocks = math.ceil(len(items) / cfg.ray.batch_size)
@@ -360,9 +377,11 @@ def _encode(cfg: TokenizeConfig, out: Path, streams: list[_Stream], plan: ShardP
             fn_constructor_kwargs=dict(streams=recipes, torch_threads=cfg.ray.torch_threads,
                                        device="cuda" if cfg.ray.num_gpus > 0 else "cpu"),
             batch_size=cfg.ray.batch_size, batch_format="numpy", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+            resources=cfg.ray.resources or None,
             # One block (= one batch) in flight per actor: the first actor up must not queue every block.
             # No more actors than blocks: an idle actor still builds its models (and Ray Data warns).
-            compute=ray.data.ActorPoolStrategy(size=min(cfg.ray.concurrency, blocks), max_tasks_in_flight_per_actor=1))
+            compute=ray.data.ActorPoolStrategy(size=min(cfg.ray.concurrency, blocks), max_tasks_in_flight_per_actor=1),
+            **remote_args)
         bar = tqdm(total=len(items), unit="chunk", desc="tokenize", dynamic_ncols=True)
         seconds, samples = 0.0, 0
         with drop_stderr_lines(RAY_ACTOR_RESTART_NOTICE):
@@ -373,7 +392,7 @@ def _encode(cfg: TokenizeConfig, out: Path, streams: list[_Stream], plan: ShardP
                 for name in missing[index]:
                     if name not in writers:
                         rel = shard_path(name, index)
-                        writers[name] = ShardWriter(out / rel, name=rel)
+                        writers[name] = ShardWriter(storage.join(out, rel), name=rel)
                     tokens = decode_npy(row[f"tokens_{name}"])
                     writers[name].write(ChunkRecord(spec.book, spec.chunk, spec.start_s, spec.end_s, tokens.shape[-1], name),
                                         tokens)
@@ -386,21 +405,23 @@ def _encode(cfg: TokenizeConfig, out: Path, streams: list[_Stream], plan: ShardP
                         report.shards_written += 1
                     writers, samples = {}, 0
                 report.chunks_encoded += 1
+                report.chunks_per_node[row["node"]] = report.chunks_per_node.get(row["node"], 0) + 1
                 seconds += spec.end_s - spec.start_s
                 bar.update()
                 bar.set_postfix(audio=f"{seconds / 3600:.3f} h", refresh=False)
             bar.close()
+        print(f"ray: {node_summary(report.chunks_per_node)}")
     finally:
         for writer in writers.values():
             writer.abort()
         ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
 
 
-def _check_out(out: Path, cfg: TokenizeConfig, acoustic: StreamInfo | None = None) -> None:
+def _check_out(out: storage.Location, cfg: TokenizeConfig, acoustic: StreamInfo | None = None) -> None:
     """Refuse an OUT whose streams (those this run makes) were made with another config or other weights;
     the codec's weights are checked once `acoustic` is known."""
-    path = out / stream_info_path(ACOUSTIC)
-    if ACOUSTIC in cfg.streams and path.is_file():
+    path = storage.join(out, stream_info_path(ACOUSTIC))
+    if ACOUSTIC in cfg.streams and storage.exists(path):
         old = _read_json(path, StreamInfo)
         new_hash = token_config_hash(cfg)
         if old.config_hash != new_hash:
@@ -409,8 +430,8 @@ def _check_out(out: Path, cfg: TokenizeConfig, acoustic: StreamInfo | None = Non
         if acoustic is not None and old.weights.sha256 != acoustic.weights.sha256:
             raise NarratorError(f"{out}: holds tokens made with other EnCodec weights (sha256 {old.weights.sha256[:12]} from "
                                 f"{old.weights.source}, now {acoustic.weights.sha256[:12]}); use a new --out folder")
-    path = out / stream_info_path(SEMANTIC)
-    if SEMANTIC in cfg.streams and path.is_file():
+    path = storage.join(out, stream_info_path(SEMANTIC))
+    if SEMANTIC in cfg.streams and storage.exists(path):
         old_config = {k: v for k, v in _read_json(path, StreamInfo).config.items() if k != "kmeans_centroids_sha256"}
         if old_config != semantic_config(cfg):
             changed = ", ".join(k for k in semantic_config(cfg) if old_config.get(k) != semantic_config(cfg)[k])
@@ -418,27 +439,12 @@ def _check_out(out: Path, cfg: TokenizeConfig, acoustic: StreamInfo | None = Non
                                 f"{stream_info_path(SEMANTIC)}); use a new --out folder")
 
 
-def _ensure_ray(cfg: TokenizeConfig) -> bool:
-    """Use a running Ray, connect to cfg.ray.address, or start a local one. True if we started it."""
-    if ray.is_initialized():
-        return False
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, logging_level=logging.WARNING)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    return True
+def _write_json(path: storage.Location, obj: Any) -> None:
+    storage.write_text(path, json.dumps(to_dict(obj), indent=1) + "\n")
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_dict(obj), indent=1) + "\n")
-    tmp.replace(path)
-
-
-def _read_json(path: Path, cls: type) -> Any:
+def _read_json(path: storage.Location, cls: type) -> Any:
     try:
-        return from_dict(cls, json.loads(path.read_text()))
+        return from_dict(cls, json.loads(storage.read_text(path)))
     except (json.JSONDecodeError, NarratorError) as e:
         raise NarratorError(f"{path}: unreadable ({str(e).splitlines()[0]}); delete it to rebuild") from None

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from narrator.config import from_dict, to_dict
 from narrator.errors import ConfigError, NarratorError
+from narrator.tokenizers import storage
 from narrator.tokenizers.chunking import ChunkSpec, plan_chunks
 from narrator.tokenizers.config import ChunkingConfig
 
@@ -31,6 +31,7 @@ class PlannedBook:
     id: str
     source: str  # absolute path of the audio
     duration_s: float
+    meta: dict[str, str] = field(default_factory=dict)  # catalog columns beyond id and audio (reader, licence, ...)
 
 
 @dataclass
@@ -109,20 +110,17 @@ class ShardPlan:
                 found[piece.book].append(shard.index)
         return found
 
-    def save(self, out: Path) -> None:
-        path = Path(out) / PLAN_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(to_dict(self), separators=(",", ":")) + "\n")
-        tmp.replace(path)
+    def save(self, out: storage.Location) -> None:
+        storage.write_text(storage.join(out, PLAN_NAME), json.dumps(to_dict(self), separators=(",", ":")) + "\n")
 
     @classmethod
-    def load(cls, out: Path) -> "ShardPlan":
+    def load(cls, out: storage.Location) -> "ShardPlan":
         """OUT's plan, or an empty one for a new folder."""
-        path = Path(out) / PLAN_NAME
-        if not path.is_file():
+        path = storage.join(out, PLAN_NAME)
+        if not storage.exists(path):
             return cls()
         try:
-            plan = from_dict(cls, json.loads(path.read_text()))
+            plan = from_dict(cls, json.loads(storage.read_text(path)))
         except (json.JSONDecodeError, ConfigError) as e:
             raise NarratorError(f"{path}: unreadable shard plan ({str(e).splitlines()[0]})") from None
         if plan.format != PLAN_FORMAT:

@@ -5,7 +5,8 @@ beside `shards/<stream>/stream.json` (its manifest entry: how the tokens are mad
 One sample per chunk: `<book>/<chunk:06d>.<stream>.npy` (int16 ids, [codebooks, frames] or [frames], saved
 with allow_pickle=False) and `<book>/<chunk:06d>.json` (book, chunk, start_s, end_s, frames, stream).
 Each finished shard gets a line in `shards/<stream>/written.jsonl` (size, counts, sha256), so a
-rerun need not hash the shards it finds.
+rerun need not hash the shards it finds. Object stores cannot append: there each record is its own
+small object, `shards/<stream>/written/<index:06d>.tar.json`, and readers take both forms.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
+
+from narrator.tokenizers import storage
 
 
 @dataclass
@@ -34,6 +38,7 @@ class ChunkRecord:
 
 
 WRITTEN_LOG = "written.jsonl"
+WRITTEN_RECORDS = "written"  # object stores: one record object per finished shard, in this folder
 
 
 def sample_key(book: str, chunk: int) -> str:
@@ -77,8 +82,12 @@ class WrittenShard:
     sha256: str
 
 
-def log_written(out: Path, stream: str, shard: WrittenShard) -> None:
+def log_written(out: storage.Location, stream: str, shard: WrittenShard) -> None:
     """Append a finished shard's record to its stream's log (after the shard was renamed into place)."""
+    if storage.is_url(out):
+        storage.write_text(storage.join(out, "shards", stream, WRITTEN_RECORDS, Path(shard.path).name + ".json"),
+                           json.dumps(asdict(shard)) + "\n")
+        return
     log = Path(out) / "shards" / stream / WRITTEN_LOG
     with open(log, "a") as f:
         f.write(json.dumps(asdict(shard)) + "\n")
@@ -86,28 +95,42 @@ def log_written(out: Path, stream: str, shard: WrittenShard) -> None:
         os.fsync(f.fileno())
 
 
-def read_written(out: Path, stream: str) -> dict[str, WrittenShard]:
+def read_written(out: storage.Location, stream: str) -> dict[str, WrittenShard]:
     """Shard path -> its record; a line torn by a crash is ignored (that shard is hashed again)."""
-    log = Path(out) / "shards" / stream / WRITTEN_LOG
-    records: dict[str, WrittenShard] = {}
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            try:
-                record = WrittenShard(**json.loads(line))
-            except (ValueError, TypeError):
-                continue
-            records[record.path] = record
-    return records
+    folder = storage.join(out, "shards", stream)
+    lines = []
+    if storage.exists(storage.join(folder, WRITTEN_LOG)):
+        lines += storage.read_text(storage.join(folder, WRITTEN_LOG)).splitlines()
+    if storage.is_url(out):
+        records = storage.join(folder, WRITTEN_RECORDS)
+        lines += [storage.read_text(storage.join(records, name)) for name in sorted(storage.list_sizes(records))]
+    found: dict[str, WrittenShard] = {}
+    for line in lines:
+        try:
+            record = WrittenShard(**json.loads(line))
+        except (ValueError, TypeError):
+            continue
+        found[record.path] = record
+    return found
 
 
 class ShardWriter:
-    """Writes one shard to `<path>.tmp` and renames it to `<path>` only when `close()` completes."""
+    """Writes one shard to `<path>.tmp` and renames it to `<path>` only when `close()` completes.
 
-    def __init__(self, path: str | Path, name: str | None = None):
-        self.path = Path(path)
-        self.name = name or self.path.name  # what the record calls it (its path relative to the token folder)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
+    For a URL the tar is written to a local temporary file and uploaded by `close()` (storage.upload:
+    a temp key moved onto the final one), so no reader ever lists a partial shard.
+    """
+
+    def __init__(self, path: storage.Location, name: str | None = None):
+        self.path = storage.root(path)
+        self.name = name or storage.name(self.path)  # what the record calls it (its path relative to the token folder)
+        if storage.is_url(self.path):
+            fd, tmp = tempfile.mkstemp(prefix="narrator-shard-", suffix=".tar")
+            os.close(fd)
+            self._tmp = Path(tmp)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.path.with_name(self.path.name + ".tmp")
         # A fixed whole-second mtime: equal tokens give byte-identical shards, and no 1 KB PAX header per file.
         self._writer = wds.TarWriter(str(self._tmp), mtime=0)
         self.samples = 0
@@ -128,8 +151,9 @@ class ShardWriter:
         self._writer.close()
         with open(self._tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(self._tmp, self.path)
-        return WrittenShard(self.name, self.samples, self.tokens, self.path.stat().st_size, file_sha256(self.path))
+        done = WrittenShard(self.name, self.samples, self.tokens, self._tmp.stat().st_size, file_sha256(self._tmp))
+        storage.upload(self._tmp, self.path)
+        return done
 
     def abort(self) -> None:
         self._writer.close()
