@@ -41,6 +41,7 @@ from narrator.trainer.checkpoint import (TrainerState, latest_checkpoint, list_c
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.metrics import MetricsLog, StepMetrics, tracker_backend
 from narrator.trainer.model import GPT
+from narrator.trainer.optim import build_optimizer
 from narrator.trainer.schedule import build_scheduler
 
 
@@ -101,8 +102,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
 
     # Model, optimizer, schedule; then the checkpoint, if resuming (it is checked against the data first).
     model = GPT(model_config)
-    optimizer = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                  betas=tuple(cfg.optim.betas), fused=accelerator.device.type == "cuda")
+    optimizer = build_optimizer(model, cfg.optim, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainerState(step=0, tokens_seen=0, world_size=world, config_hash=config_hash(cfg),
                          tokenizer_config_hash=tokens_hash, layout=cfg.data.layout_name,
