@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from narrator.streaming.config import DataConfig
-from narrator.streaming.dataset import build_train_loader, build_val_loader
+from narrator.streaming.dataset import TokenShards, build_train_loader, build_val_loader
 from narrator.streaming.layout import LAYOUTS
 from narrator.tokenizers.manifest import ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity
 from narrator.tokenizers.shards import ChunkRecord, ShardWriter
@@ -74,9 +74,10 @@ def main() -> None:
         manifest = write_synthetic(out, args.chunks, args.seconds, args.codebooks, streams=LAYOUTS[args.layout])
         cfg = DataConfig(manifest=str(out), num_workers=args.workers, layout=args.layout)
         t0 = time.perf_counter()
-        val = build_val_loader(cfg, manifest, out, args.block, args.batch, rank=0, world_size=1)
+        shards = [TokenShards.open(cfg, manifest, out)]
+        val = build_val_loader(shards, args.block, args.batch, rank=0, world_size=1)
         val_s = time.perf_counter() - t0
-        it = iter(build_train_loader(cfg, manifest, out, args.block, args.batch, rank=0, world_size=1, seed=0))
+        it = iter(build_train_loader(cfg, shards, args.block, args.batch, rank=0, world_size=1, seed=0))
         next(it)
         t0 = time.perf_counter()
         for _ in range(args.batches):

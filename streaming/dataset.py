@@ -10,16 +10,18 @@ packed behind one boundary unit. Windows are cut every block_size tokens (rounde
 so nearly every token lands in a window once per epoch.
 
 Every (rank, worker) slot of a run reads its own share of the shards; training loops over epochs
-without end, so ranks that were dealt fewer tokens never starve or hang. Validation windows are
-read once and kept in memory.
+without end, so ranks that were dealt fewer tokens never starve or hang. Several token folders
+(`data.mix`) each run such a pipeline, and every training window is drawn from one of them in
+proportion to its weight. Validation windows are read once and kept in memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, NoReturn
@@ -67,6 +69,33 @@ def data_vocab(cfg: DataConfig, manifest: Manifest, where: str | Path = MANIFEST
     return layout, layout.vocab_size
 
 
+def open_folder(path: str | Path) -> tuple[Manifest, Path]:
+    """A token folder (or its manifest.json) -> its manifest and the folder its paths are relative to."""
+    path = Path(path)
+    return Manifest.load(path), path if path.is_dir() else path.parent
+
+
+def open_sources(cfg: DataConfig, folders: Sequence[tuple[Manifest, Path]]) -> list[TokenShards]:
+    """The checked shards of each token folder of `cfg.sources` (opened by `open_folder`), with its index and weight.
+
+    A mix must be one kind of tokens: every folder has the streams the layout reads, made with the
+    same config and weights as the first folder's.
+    """
+    first, first_dir = folders[0]
+    shards = []
+    for i, ((manifest, folder), source) in enumerate(zip(folders, cfg.sources, strict=True)):
+        opened = TokenShards.open(cfg, manifest, folder)
+        for stream in opened.layout.streams:
+            mine, theirs = manifest.stream(stream), first.stream(stream)
+            if (mine.config_hash, mine.weights.sha256) != (theirs.config_hash, theirs.weights.sha256):
+                raise NarratorError(f"{Path(folder) / MANIFEST_NAME}: its {stream} tokens were made with another config "
+                                    f"or weights (config_hash {mine.config_hash}, weights {mine.weights.sha256[:12]}) than "
+                                    f"{Path(first_dir) / MANIFEST_NAME}'s ({theirs.config_hash}, "
+                                    f"{theirs.weights.sha256[:12]}); a mix must be one kind of tokens")
+        shards.append(dataclasses.replace(opened, source=i, weight=source.weight))
+    return shards
+
+
 def shard_urls(manifest: Manifest, manifest_dir: Path, stream: str) -> list[str]:
     """One stream's shards, in plan order, as paths or URLs to open, refusing missing, truncated or unsafe ones.
 
@@ -112,15 +141,17 @@ class EpochCoverage:
     epoch: int
     tokens: int
     covered: int
+    source: int = 0  # which token folder of data.sources (each has its own epochs)
 
     @property
     def share(self) -> float:
         return self.covered / self.tokens if self.tokens else 1.0
 
     def __add__(self, other: "EpochCoverage") -> "EpochCoverage":
-        if other.epoch != self.epoch:
-            raise ValueError(f"cannot add the coverage of epoch {other.epoch} to epoch {self.epoch}")
-        return EpochCoverage(self.epoch, self.tokens + other.tokens, self.covered + other.covered)
+        if (other.source, other.epoch) != (self.source, self.epoch):
+            raise ValueError(f"cannot add the coverage of source {other.source} epoch {other.epoch} to source "
+                             f"{self.source} epoch {self.epoch}")
+        return EpochCoverage(self.epoch, self.tokens + other.tokens, self.covered + other.covered, self.source)
 
 
 @dataclass
@@ -159,6 +190,8 @@ class TokenShards:
     shard_samples: list[int]  # chunks per shard, as the manifest says
     layout: Layout
     val_slots: dict[str, tuple[int, int]]  # book id -> its held-out 40 ms slots [start, end)
+    source: int = 0  # its index in data.sources
+    weight: float = 1.0  # its share of the training windows, relative to the other sources
 
     @classmethod
     def open(cls, cfg: DataConfig, manifest: Manifest, manifest_dir: Path) -> "TokenShards":
@@ -273,7 +306,7 @@ class TokenShards:
                     yield Window(self.layout.to_window(last, block_size))
                 last = window
         if last is not None:
-            yield Window(self.layout.to_window(last, block_size), EpochCoverage(epoch, tokens, cutter.covered))
+            yield Window(self.layout.to_window(last, block_size), EpochCoverage(epoch, tokens, cutter.covered, self.source))
 
 
 def _joined(files: ShardFiles) -> Iterator[dict[str, dict]]:
@@ -382,7 +415,8 @@ class TrainWindows(IterableDataset):
     """Endless shuffled training windows of block_size + 1 tokens for one rank.
 
     Deterministic for a given (seed, rank, worker, epoch). A slot whose share of an epoch yields no
-    window (too few tokens) reads every shard from then on: duplicate data beats a hung rank.
+    window (too few tokens) reads every shard from then on: duplicate data beats a hung rank. The
+    token folder of data.sources[i] is shuffled with seed + i.
     """
 
     def __init__(self, shards: TokenShards, block_size: int, rank: int, world_size: int, workers: int,
@@ -392,7 +426,7 @@ class TrainWindows(IterableDataset):
         self.shards = shards
         self.block_size = block_size
         self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
-        self.seed = seed
+        self.seed = seed + shards.source
         self.shuffle_buffer = shuffle_buffer
         self.epoch_offset = epoch_offset
 
@@ -427,6 +461,28 @@ class TrainWindows(IterableDataset):
         return iter(windows)
 
 
+class MixedWindows(IterableDataset):
+    """Endless training windows of one rank from several token folders: each window comes from
+    folder i with probability weight_i / sum(weights), by a generator seeded per (seed, rank, worker,
+    epoch_offset), so a run is reproducible and a resumed run draws afresh."""
+
+    def __init__(self, parts: Sequence[TrainWindows], seed: int, epoch_offset: int = 0):
+        self.parts = list(parts)
+        weights = np.array([p.shards.weight for p in self.parts], dtype=np.float64)
+        self.p = weights / weights.sum()
+        self.seed, self.epoch_offset = seed, epoch_offset
+
+    def __iter__(self) -> Iterator[Window]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = np.random.default_rng([self.seed, self.parts[0].rank, worker, self.epoch_offset])
+        streams = [iter(part) for part in self.parts]
+        while True:
+            picks = rng.choice(len(streams), size=1024, p=self.p)  # drawn in blocks: one call per window is slow
+            for i in picks:
+                yield next(streams[i])
+
+
 def window_coverage(shards: TokenShards, block_size: int, epoch: int = 0, world_size: int = 1, workers: int = 1,
                     seed: int = 0) -> EpochCoverage:
     """One epoch's coverage over every slot of a run: the training tokens and how many landed in a window."""
@@ -453,38 +509,41 @@ class _Loader(DataLoader):
             raise type(e)(lines[-1].split(": ", 1)[-1]) from None  # the traceback ends "module.Error: message"
 
 
-def build_train_loader(cfg: DataConfig, manifest: Manifest, manifest_dir: Path, block_size: int, batch_size: int,
+def build_train_loader(cfg: DataConfig, sources: Sequence[TokenShards], block_size: int, batch_size: int,
                        rank: int, world_size: int, seed: int, epoch_offset: int = 0) -> DataLoader:
-    """Endless TrainBatch(x, y, coverage) for this rank: x, y int64 [batch_size, block_size]; shards reshuffle
-    every epoch.
+    """Endless TrainBatch(x, y, coverage) for this rank from one token folder or a weighted mix:
+    x, y int64 [batch_size, block_size]; shards reshuffle every epoch.
 
     The loader already splits data by rank: do not pass it through `accelerator.prepare`.
     """
-    shards = TokenShards.open(cfg, manifest, manifest_dir)
-    dataset = TrainWindows(shards, block_size, rank, world_size, cfg.num_workers, seed, cfg.shuffle_buffer, epoch_offset)
+    parts = [TrainWindows(shards, block_size, rank, world_size, cfg.num_workers, seed, cfg.shuffle_buffer, epoch_offset)
+             for shards in sources]
+    dataset = parts[0] if len(parts) == 1 else MixedWindows(parts, seed, epoch_offset)
     return _Loader(dataset, batch_size=batch_size, collate_fn=_collate_train, num_workers=cfg.num_workers,
                    persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
 
 
-def val_windows(shards: TokenShards, block_size: int, rank: int, world_size: int) -> np.ndarray:
-    """This rank's validation windows [n, block_size + 1], in a fixed order.
+def val_windows(sources: TokenShards | Sequence[TokenShards], block_size: int, rank: int, world_size: int) -> np.ndarray:
+    """This rank's validation windows [n, block_size + 1] of every source, in a fixed order.
 
     Rank r keeps windows i % world_size == r; when there are fewer windows than ranks, all of them.
     """
-    windows = [w.tokens for w in shards.windows(shards.token_stream(shards.urls, "val"), block_size)]
+    sources = [sources] if isinstance(sources, TokenShards) else list(sources)
+    windows = [w.tokens for shards in sources for w in shards.windows(shards.token_stream(shards.urls, "val"), block_size)]
     if not windows:
-        raise NarratorError(f"{shards.where}: the held-out tokens fill no validation window of {block_size + 1} "
+        where = " and ".join(s.where for s in sources)
+        raise NarratorError(f"{where}: the held-out tokens fill no validation window of {block_size + 1} "
                             "tokens; raise data.val_fraction or lower block_size")
     if len(windows) >= world_size:
         windows = windows[rank::world_size]
     return np.stack(windows).astype(np.int32)
 
 
-def build_val_loader(cfg: DataConfig, manifest: Manifest, manifest_dir: Path, block_size: int, batch_size: int,
-                     rank: int, world_size: int) -> DataLoader:
+def build_val_loader(sources: Sequence[TokenShards], block_size: int, batch_size: int, rank: int,
+                     world_size: int) -> DataLoader:
     """Finite (x, y) batches over this rank's validation windows, identical on every iteration.
 
     The windows are read once, here, and held in memory (int32), so repeated evaluations cost no I/O.
     """
-    windows = val_windows(TokenShards.open(cfg, manifest, manifest_dir), block_size, rank, world_size)
+    windows = val_windows(sources, block_size, rank, world_size)
     return DataLoader(windows, batch_size=batch_size, shuffle=False, collate_fn=_collate_val)

@@ -26,6 +26,16 @@ BOOKS = [20.0, 14.0, 10.0, 3.0, 1.0, 0.5]  # seconds; books >= 12 s are long (cf
 TWO = ("semantic", "acoustic")
 
 
+
+def one_folder_train_loader(data: DataConfig, manifest: Manifest, folder: Path, *args, **kwargs):
+    """build_train_loader over one token folder."""
+    return build_train_loader(data, [TokenShards.open(data, manifest, folder)], *args, **kwargs)
+
+
+def one_folder_val_loader(data: DataConfig, manifest: Manifest, folder: Path, *args, **kwargs):
+    """build_val_loader over one token folder."""
+    return build_val_loader([TokenShards.open(data, manifest, folder)], *args, **kwargs)
+
 def cfg(layout: str, **kw) -> DataConfig:
     return DataConfig(**{"manifest": "unused", "layout": layout, "val_fraction": 0.1, "long_book_seconds": 12.0,
                          "shuffle_buffer": 0, "num_workers": 0, **kw})
@@ -116,10 +126,10 @@ def test_flat_layout_on_a_two_stream_folder_reads_the_acoustic_stream_as_before(
 
 def test_real_loaders_yield_interleaved_batches(folder):
     out, manifest = folder
-    loader = build_train_loader(cfg("interleaved", num_workers=1), manifest, out, 111, 4, 0, 1, seed=0)
+    loader = one_folder_train_loader(cfg("interleaved", num_workers=1), manifest, out, 111, 4, 0, 1, seed=0)
     batch = next(iter(loader))
     assert batch.x.shape == (4, 111)
-    assert len(list(build_val_loader(cfg("interleaved"), manifest, out, 111, 4, 0, 1))) > 0
+    assert len(list(one_folder_val_loader(cfg("interleaved"), manifest, out, 111, 4, 0, 1))) > 0
 
 
 # --- refusals: one line naming both sides ---------------------------------------------------------

@@ -33,6 +33,16 @@ BOOKS = [20.0, 14.0, 10.0, 3.0, 1.0, 0.5]  # seconds; books >= 12 s are long (cf
 CHUNK_SECONDS = 2.0  # 150-frame chunks, 4 to a shard: 7 uneven shards, several books per shard
 
 
+
+def one_folder_train_loader(data: DataConfig, manifest: Manifest, folder: Path, *args, **kwargs):
+    """build_train_loader over one token folder."""
+    return build_train_loader(data, [TokenShards.open(data, manifest, folder)], *args, **kwargs)
+
+
+def one_folder_val_loader(data: DataConfig, manifest: Manifest, folder: Path, *args, **kwargs):
+    """build_val_loader over one token folder."""
+    return build_val_loader([TokenShards.open(data, manifest, folder)], *args, **kwargs)
+
 def write_tokens(out: Path, seconds: list[float] = BOOKS, samples_per_shard: int = 4) -> Manifest:
     make_token_folder(out, seconds=seconds, chunk_seconds=CHUNK_SECONDS, samples_per_shard=samples_per_shard,
                       codes="position")
@@ -120,7 +130,7 @@ def test_the_fixture_has_long_books_short_recordings_and_both_splits(folder):
 
 
 def test_train_batches_never_touch_a_held_out_frame(folder):
-    loader = build_train_loader(cfg(), folder[1], folder[0], BLOCK, batch_size=8, rank=0, world_size=1, seed=1)
+    loader = one_folder_train_loader(cfg(), folder[1], folder[0], BLOCK, batch_size=8, rank=0, world_size=1, seed=1)
     it = iter(loader)
     val, seen, crossed_chunks, packed = val_set(folder[1]), set(), False, False
     for _ in range(60):  # 480 windows: several epochs of the ~300 train windows
@@ -236,7 +246,7 @@ def test_a_recording_shorter_than_a_window_contributes_tokens(tmp_path):
 
 def test_same_seed_same_order_other_seed_other_order(folder):
     def first_batches(seed):
-        it = iter(build_train_loader(cfg(), folder[1], folder[0], BLOCK, 8, 0, 1, seed=seed))
+        it = iter(one_folder_train_loader(cfg(), folder[1], folder[0], BLOCK, 8, 0, 1, seed=seed))
         return np.concatenate([next(it).x.numpy() for _ in range(5)])
 
     a = first_batches(7)
@@ -254,7 +264,7 @@ def test_epoch_offset_resumes_at_that_epoch(folder):
 
 
 def test_val_loader_is_deterministic_and_holds_only_val_frames(folder):
-    loader = build_val_loader(cfg(), folder[1], folder[0], BLOCK, batch_size=4, rank=0, world_size=1)
+    loader = one_folder_val_loader(cfg(), folder[1], folder[0], BLOCK, batch_size=4, rank=0, world_size=1)
     first = [(x.clone(), y.clone()) for x, y in loader]
     second = list(loader)
     assert len(first) == len(second) > 0
@@ -265,7 +275,7 @@ def test_val_loader_is_deterministic_and_holds_only_val_frames(folder):
 
 def test_val_windows_are_shared_between_ranks(folder):
     def rows(rank, world_size):
-        loader = build_val_loader(cfg(), folder[1], folder[0], BLOCK, 100, rank, world_size)
+        loader = one_folder_val_loader(cfg(), folder[1], folder[0], BLOCK, 100, rank, world_size)
         return [r.tolist() for x, _ in loader for r in x]
 
     everything = rows(0, 1)
@@ -281,13 +291,13 @@ def test_no_window_fits_is_an_error_not_a_hang(folder):
     with deadline(60), pytest.raises(NarratorError, match="fill no window"):
         next(iter(TrainWindows(shards, too_long, 0, 1, workers=1, seed=0, shuffle_buffer=8)))
     with pytest.raises(NarratorError, match="fill no validation window"):
-        build_val_loader(cfg(), folder[1], folder[0], too_long, 4, 0, 1)
+        one_folder_val_loader(cfg(), folder[1], folder[0], too_long, 4, 0, 1)
 
 
 def test_real_loaders_on_2_ranks_with_2_workers_all_yield(folder):
     with deadline(120):
         for rank in range(2):
-            loader = build_train_loader(cfg(num_workers=2), folder[1], folder[0], BLOCK, 4, rank, 2, seed=3)
+            loader = one_folder_train_loader(cfg(num_workers=2), folder[1], folder[0], BLOCK, 4, rank, 2, seed=3)
             it = iter(loader)
             batches = [next(it) for _ in range(6)]  # workers take turns: 3 batches from each
             assert all(b.x.shape == (4, BLOCK) for b in batches)
@@ -303,10 +313,9 @@ def one_line(e: pytest.ExceptionInfo) -> str:
 def test_incomplete_tokenization_is_refused(tmp_path):
     manifest = write_tokens(tmp_path, [3.0])
     manifest.pending = ["shards/shard-000009.tar", "shards/shard-000010.tar"]
-    for build in (build_train_loader, build_val_loader):
-        with pytest.raises(NarratorError) as e:
-            build(cfg(), manifest, tmp_path, BLOCK, 4, 0, 1, **({"seed": 0} if build is build_train_loader else {}))
-        assert one_line(e) == (f"{tmp_path / 'manifest.json'}: tokenization is incomplete (2 shard files pending); "
+    with pytest.raises(NarratorError) as e:
+        TokenShards.open(cfg(), manifest, tmp_path)
+    assert one_line(e) == (f"{tmp_path / 'manifest.json'}: tokenization is incomplete (2 shard files pending); "
                                "rerun narrator tokenize")
 
 
@@ -315,7 +324,7 @@ def test_missing_or_truncated_shard_is_named(tmp_path):
     shard = tmp_path / manifest.shards[0].files[ACOUSTIC].path
     shard.write_bytes(shard.read_bytes()[:-1000])
     with pytest.raises(NarratorError, match="truncated") as e:
-        build_train_loader(cfg(), manifest, tmp_path, BLOCK, 4, 0, 1, seed=0)
+        one_folder_train_loader(cfg(), manifest, tmp_path, BLOCK, 4, 0, 1, seed=0)
     assert str(shard) in one_line(e)
     shard.unlink()
     with pytest.raises(NarratorError, match="missing") as e:
@@ -329,7 +338,7 @@ def test_corrupt_shard_while_streaming_is_one_line_naming_it(tmp_path):
     data = bytearray(shard.read_bytes())
     data[:512] = b"\x07" * 512  # same size, so only reading it finds the damage
     shard.write_bytes(bytes(data))
-    loader = build_train_loader(cfg(num_workers=1), manifest, tmp_path, BLOCK, 4, 0, 1, seed=0)
+    loader = one_folder_train_loader(cfg(num_workers=1), manifest, tmp_path, BLOCK, 4, 0, 1, seed=0)
     with deadline(60), pytest.raises(NarratorError, match="truncated or corrupt") as e:
         next(iter(loader))
     assert one_line(e).startswith(f"shard {shard.resolve()} is truncated or corrupt")
@@ -340,7 +349,7 @@ def test_pipe_and_unknown_urls_are_refused(tmp_path):
     marker = tmp_path / "ran"
     manifest.shards[0].files[ACOUSTIC].path = f"pipe:touch {marker}"
     with pytest.raises(NarratorError, match="pipe: URL") as e:
-        build_train_loader(cfg(), manifest, tmp_path, BLOCK, 4, 0, 1, seed=0)
+        one_folder_train_loader(cfg(), manifest, tmp_path, BLOCK, 4, 0, 1, seed=0)
     assert str(tmp_path / "manifest.json") in one_line(e) and not marker.exists()
     manifest.shards[0].files[ACOUSTIC].path = "s3://bucket/x.tar"
     with pytest.raises(NarratorError, match="unsupported URL scheme"):
