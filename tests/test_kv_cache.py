@@ -2,7 +2,14 @@
 
 import pytest
 import torch
+from accelerate import Accelerator
 
+from narrator.errors import NarratorError
+from narrator.streaming.config import DataConfig
+from narrator.tokenizers.manifest import Manifest
+from narrator.trainer.checkpoint import TrainerState, save_checkpoint
+from narrator.trainer.config import TrainConfig
+from narrator.trainer.generate import GenerateConfig, generate
 from narrator.trainer.model import GPT, PRESETS, GPTConfig, KVCache, context_start
 
 BLOCK = 32
@@ -78,3 +85,15 @@ def test_context_grows_to_block_size_then_keeps_the_newest_half_in_whole_units()
     assert context_start(40, 0, 32, align=4, keep=32) == 8  # a long prompt keeps a whole block
     with pytest.raises(ValueError, match="align 20"):
         context_start(33, 0, 32, align=20)
+
+
+def test_generate_refuses_a_model_whose_block_holds_less_than_two_units(token_folder, tmp_path):
+    manifest = Manifest.load(token_folder)
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(GPT(GPTConfig(block_size=7, vocab_size=4097, dropout=0.0, **PRESETS["tiny"])))
+    state = TrainerState(1, 7, 1, "cfg", "test-tokens", "flat", False, boundary_token=4096)
+    path = save_checkpoint(accelerator, model, tmp_path / "run", state, manifest.streams,
+                           TrainConfig(data=DataConfig(manifest=str(token_folder))), keep=1)
+    with pytest.raises(NarratorError) as e:
+        generate(GenerateConfig(checkpoint=str(path), prompt=str(tmp_path / "never-read.wav"), device="cpu"))
+    assert str(e.value) == f"{path}: block_size 7 holds less than two units of 4 tokens; too short to generate from"

@@ -107,17 +107,19 @@ def generate_two_stage(cfg: GenerateConfig, device: torch.device, coarse: tuple)
     ids = semantic.assigner.assign(semantic.embedder.embed(prompt_audio)).astype(np.int64)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
-    def sample(model, tokens: np.ndarray, count: int) -> np.ndarray:
+    def sample(model, tokens: np.ndarray, count: int, align: int = 1) -> np.ndarray:
         idx = torch.from_numpy(tokens).long()[None].to(device)
-        out = model.generate(idx, count, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)
+        out = model.generate(idx, count, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator, align=align)
         return out[0].cpu().numpy()
 
     # Stage 1: semantic ids, up to the first boundary the model samples (the recording ends there).
     new_slots = grid_steps(cfg.seconds)
-    tokens = sample(semantic_model, semantic_layout.encode({SEMANTIC: ids}), new_slots * semantic_layout.unit_tokens)
+    tokens = sample(semantic_model, semantic_layout.encode({SEMANTIC: ids}), new_slots * semantic_layout.unit_tokens,
+                    semantic_layout.unit_tokens)
     ids = semantic_layout.decode(tokens)[0][SEMANTIC]
     total = len(ids) // 2
-    # Stage 2: acoustic frames window by window, half of each window given as acoustic context.
+    # Stage 2: acoustic frames window by window, half of each window given as acoustic context. A window
+    # fits block_size, so its context never moves and the prefix layout's arrangement stays whole.
     n = prefix.slots_for(prefix_cfg.block_size)
     k = info.n_codebooks
     done = prompt_slots
@@ -164,6 +166,9 @@ def generate(cfg: GenerateConfig) -> Path:
         raise NarratorError(f"{checkpoint}: layout {meta.state.layout!r} generates in two stages: give the prefix model "
                             "as --checkpoint and the semantic model as --semantic-checkpoint")
     layout = checkpoint_layout(meta, model_cfg)
+    if 2 * layout.unit_tokens > model_cfg.block_size:  # past block_size the context keeps the newest half, in units
+        raise NarratorError(f"{meta.path}: block_size {model_cfg.block_size} holds less than two units of "
+                            f"{layout.unit_tokens} tokens; too short to generate from")
     streams = {s.name: s for s in meta.streams}
     info = streams[ACOUSTIC]
     weights_dirs = [meta.path, *token_folder(meta.path)]
@@ -182,8 +187,9 @@ def generate(cfg: GenerateConfig) -> Path:
 
     new_tokens = grid_steps(cfg.seconds) * layout.slot_tokens
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    # Past block_size the context moves in whole units, as training windows start on one (GPT.generate).
     tokens = model.generate(prompt_tokens, new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                            generator=generator)[0].cpu().numpy()
+                            generator=generator, align=layout.unit_tokens)[0].cpu().numpy()
     if not cfg.include_prompt:
         tokens = tokens[prompt_tokens.shape[1]:]
     audio, boundaries = tokens_to_audio(tokens, layout, tokenizer.decode, info.sample_rate)
