@@ -100,6 +100,9 @@ def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path,
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "accelerate"))
     weights = accelerator.get_state_dict(model)  # collective under DeepSpeed ZeRO-3
+    # Every process writes its own files (RNG states, DeepSpeed's optimizer partitions): rename only
+    # once all are written. A slower rank (ZeRO-2 offload) otherwise wrote into a renamed folder.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         weights = {k: v.detach().cpu().contiguous() for k, v in weights.items() if k not in TIED}
         save_file(weights, str(tmp / "model.safetensors"))

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -200,6 +201,8 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
         raise ConfigError("cpu: true would silently drop the DeepSpeed launch (Accelerate runs DDP instead); "
                           "set cpu: false (on a machine without GPUs, with DS_ACCELERATOR=cpu)")
     gloo = launched and (cfg.cpu or not torch.cuda.is_available())
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        quiet_deepspeed()
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -214,10 +217,45 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:  # the training config, not the launcher's file, sets these
         ds = plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = cfg.batch_size  # our loaders are not passed to prepare()
+        ds.update(deepspeed_batch(ds, cfg, accelerator.num_processes))
         ds["gradient_clipping"] = cfg.optim.grad_clip
         ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True  # model.safetensors under ZeRO-3
+        offload = ds["zero_optimization"].get("offload_optimizer") or {}
+        if offload.get("device", "none") != "none":  # pinned host memory: faster copies to and from the GPU
+            offload.setdefault("pin_memory", True)
     return accelerator
+
+
+def deepspeed_batch(ds: dict, cfg: TrainConfig, world: int) -> dict[str, int]:
+    """DeepSpeed's batch keys as the training config sets them; a DeepSpeed config that fixes one otherwise is refused.
+
+    Absent or "auto" keys are filled here: our loaders are not passed to prepare(), so Accelerate cannot.
+    """
+    wanted = {"train_micro_batch_size_per_gpu": (cfg.batch_size, f"batch_size {cfg.batch_size}"),
+              "gradient_accumulation_steps": (cfg.grad_accum, f"grad_accum {cfg.grad_accum}"),
+              "train_batch_size": (cfg.batch_size * cfg.grad_accum * world,
+                                   f"batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} processes")}
+    file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")  # the accelerate config's deepspeed_config_file
+    source, written = "the accelerate config's deepspeed_config", ds
+    if file != "none" and Path(file).is_file():
+        # Read the file itself: Accelerate adds gradient_accumulation_steps: 1 where it has none.
+        source, written = file, json.loads(Path(file).read_text())
+    for key, (value, why) in wanted.items():
+        given = written.get(key, "auto")
+        if given != "auto" and given != value:
+            raise ConfigError(f"{source}: {key}={given} disagrees with the training config ({why} = {value}); "
+                              'set it to "auto" or remove it')
+    return {key: value for key, (value, _) in wanted.items()}
+
+
+def quiet_deepspeed() -> None:
+    """Keep a clean DeepSpeed run free of lines that look like faults but are not.
+
+    DeepSpeed calls collectives torch deprecated (a FutureWarning per call, every step), and on a
+    machine without CUDA torch warns once per process that it found no CUDA runtime.
+    """
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def check_vocab(cfg: TrainConfig, manifest: Manifest, manifest_file: Path) -> int:
