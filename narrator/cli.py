@@ -43,11 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tokenize", help="quantize books into webdataset token shards with Ray")
     p.add_argument("inputs", nargs="+", help="audio files, or catalog files (.txt: one audio path per line)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (shards/, manifest.json)")
+    p.add_argument("--out", required=True, help="output folder or URL, e.g. s3://bucket/tokens (shards/, manifest.json)")
     _common(p)
 
     p = sub.add_parser("inspect", help="summarize a token folder: books, chunks, shards, tokens, splits, weights")
-    p.add_argument("tokens", type=Path, help="folder holding manifest.json (or the manifest itself)")
+    p.add_argument("tokens", help="folder or URL holding manifest.json (or the manifest itself)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _common(p)  # a training config: its data.val_center / data.val_fraction set the split shown
 

@@ -36,7 +36,8 @@ from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.layout import LAYOUTS, SLOT_FRAMES, Layout, StreamShape, make_layout
 from narrator.streaming.split import held_out_slots, split_span
-from narrator.tokenizers.manifest import ACOUSTIC, MANIFEST_NAME, SLOT_SECONDS, Manifest
+from narrator.tokenizers import storage
+from narrator.tokenizers.manifest import ACOUSTIC, MANIFEST_NAME, SLOT_SECONDS, Manifest, token_folder
 from narrator.tokenizers.shards import ChunkRecord, decode_npy
 
 REMOTE_SCHEMES = ("http", "https")  # opened by webdataset's gopen with curl (no shell)
@@ -69,10 +70,9 @@ def data_vocab(cfg: DataConfig, manifest: Manifest, where: str | Path = MANIFEST
     return layout, layout.vocab_size
 
 
-def open_folder(path: str | Path) -> tuple[Manifest, Path]:
-    """A token folder (or its manifest.json) -> its manifest and the folder its paths are relative to."""
-    path = Path(path)
-    return Manifest.load(path), path if path.is_dir() else path.parent
+def open_folder(path: str | Path) -> tuple[Manifest, Path | storage.URL]:
+    """A token folder (or its manifest.json), local or at a URL -> its manifest and the folder its paths are relative to."""
+    return Manifest.load(path), token_folder(path)
 
 
 def open_sources(cfg: DataConfig, folders: Sequence[tuple[Manifest, Path]]) -> list[TokenShards]:
@@ -88,20 +88,23 @@ def open_sources(cfg: DataConfig, folders: Sequence[tuple[Manifest, Path]]) -> l
         for stream in opened.layout.streams:
             mine, theirs = manifest.stream(stream), first.stream(stream)
             if (mine.config_hash, mine.weights.sha256) != (theirs.config_hash, theirs.weights.sha256):
-                raise NarratorError(f"{Path(folder) / MANIFEST_NAME}: its {stream} tokens were made with another config "
+                raise NarratorError(f"{storage.join(folder, MANIFEST_NAME)}: its {stream} tokens were made with another config "
                                     f"or weights (config_hash {mine.config_hash}, weights {mine.weights.sha256[:12]}) than "
-                                    f"{Path(first_dir) / MANIFEST_NAME}'s ({theirs.config_hash}, "
+                                    f"{storage.join(first_dir, MANIFEST_NAME)}'s ({theirs.config_hash}, "
                                     f"{theirs.weights.sha256[:12]}); a mix must be one kind of tokens")
         shards.append(dataclasses.replace(opened, source=i, weight=source.weight))
     return shards
 
 
-def shard_urls(manifest: Manifest, manifest_dir: Path, stream: str) -> list[str]:
+def shard_urls(manifest: Manifest, manifest_dir: Path | storage.URL, stream: str) -> list[str]:
     """One stream's shards, in plan order, as paths or URLs to open, refusing missing, truncated or unsafe ones.
 
-    Local shards are checked against the manifest's byte counts here; http(s) shards only when read.
+    Shards in the token folder (local, or at its URL: one listing per shard folder) are checked
+    against the manifest's byte counts here; http(s) shards a manifest names only when read.
     """
-    where = Path(manifest_dir) / MANIFEST_NAME
+    folder = storage.root(manifest_dir)
+    where = folder / MANIFEST_NAME
+    listings: dict[str, dict[str, int]] = {}  # a URL folder's shard folder -> its files' sizes
     if manifest.pending:
         raise NarratorError(f"{where}: tokenization is incomplete ({len(manifest.pending)} shard files pending); "
                             "rerun narrator tokenize")
@@ -123,7 +126,18 @@ def shard_urls(manifest: Manifest, manifest_dir: Path, stream: str) -> list[str]
         if scheme not in ("", "file"):
             raise NarratorError(f"{where}: shard {entry.path!r} has an unsupported URL scheme {scheme!r} "
                                 "(local paths and http(s) only)")
-        path = Path(manifest_dir) / (urlparse(entry.path).path if scheme == "file" else entry.path)
+        path = folder / (urlparse(entry.path).path if scheme == "file" else entry.path)
+        if storage.is_url(path):
+            if path.parent not in listings:
+                listings[path.parent] = storage.list_sizes(path.parent)
+            sizes = listings[path.parent]
+            if path.name not in sizes:
+                raise NarratorError(f"{path}: shard listed in {where} is missing")
+            if sizes[path.name] != entry.bytes:
+                raise NarratorError(f"{path}: shard is {sizes[path.name]} bytes but {where} says {entry.bytes} "
+                                    "(truncated or rewritten; re-run tokenize)")
+            urls.append(str(path))
+            continue
         if not path.is_file():
             raise NarratorError(f"{path}: shard listed in {where} is missing")
         size = path.stat().st_size
@@ -195,7 +209,7 @@ class TokenShards:
 
     @classmethod
     def open(cls, cfg: DataConfig, manifest: Manifest, manifest_dir: Path) -> "TokenShards":
-        where = Path(manifest_dir) / MANIFEST_NAME
+        where = storage.join(manifest_dir, MANIFEST_NAME)
         layout, _ = data_vocab(cfg, manifest, where)
         # The reference stream's frames say how many slots a chunk has; the others must agree.
         order = sorted(layout.streams, key=lambda s: s != (ACOUSTIC if ACOUSTIC in layout.streams else layout.streams[0]))
@@ -330,7 +344,11 @@ def _joined(files: ShardFiles) -> Iterator[dict[str, dict]]:
 
 
 def _tar_samples(url: str) -> Iterator[dict]:
-    """The samples of one tar; any read error ends the run with one line naming it."""
+    """The samples of one tar; any read error ends the run with one line naming it.
+
+    Registers the fsspec opener for the URL's scheme here, in the process that reads (DataLoader workers included).
+    """
+    storage.register_webdataset_schemes(url)
     return wds.tarfile_to_samples(handler=functools.partial(_fail, url))(iter([{"url": url}]))
 
 

@@ -15,16 +15,16 @@ import numpy as np
 from narrator.config import to_dict
 from narrator.streaming.config import DataConfig
 from narrator.streaming.split import held_out_slots
-from narrator.tokenizers.manifest import MANIFEST_NAME, SLOT_SECONDS, Manifest, StreamInfo
+from narrator.tokenizers import storage
+from narrator.tokenizers.manifest import MANIFEST_NAME, SLOT_SECONDS, Manifest, StreamInfo, token_folder
 from narrator.tokenizers.shards import decode_npy
 
 
 def inspect_tokens(path: str | Path, as_json: bool = False, data: DataConfig | None = None) -> str:
-    """Summary of a token folder (or its manifest.json) as text, or as JSON with `as_json`."""
-    path = Path(path)
-    root = path if path.is_dir() else path.parent
+    """Summary of a token folder (or its manifest.json), local or at a URL, as text, or as JSON with `as_json`."""
     manifest = Manifest.load(path)
-    summary = _summary(root, manifest, data or DataConfig())
+    root = token_folder(path)
+    summary = _summary(root, manifest, data or DataConfig(), _sizes(root, manifest))
     return json.dumps(summary, indent=1) if as_json else _text(summary)
 
 
@@ -32,13 +32,19 @@ SHOWN = 20  # books and shards listed one per line in the text summary; the JSON
 STATS_SHARDS = 8  # token statistics are read from this many shards of each stream (all, when there are fewer)
 
 
-def _stream_stats(root: Path, m: Manifest, info: StreamInfo) -> dict[str, Any]:
+def _sizes(root: Path | storage.URL, m: Manifest) -> dict[str, int]:
+    """Shard file (relative to the folder) -> its size, for those present: one listing per shard folder."""
+    folders = {str(Path(f.path).parent) for s in m.shards for f in s.files.values()}
+    return {f"{folder}/{name}": size for folder in folders for name, size in storage.list_sizes(root / folder).items()}
+
+
+def _stream_stats(root: Path | storage.URL, m: Manifest, info: StreamInfo, sizes: dict[str, int]) -> dict[str, Any]:
     """Vocabulary usage and entropy per codebook, from the ids in (up to STATS_SHARDS of) the stream's shards."""
     counts = np.zeros((info.n_codebooks, info.codebook_size), np.int64)
     files = [s.files[info.name] for s in m.shards if info.name in s.files]
-    files = [f for f in files if (root / f.path).is_file() and (root / f.path).stat().st_size == f.bytes][:STATS_SHARDS]
+    files = [f for f in files if sizes.get(f.path) == f.bytes][:STATS_SHARDS]
     for file in files:  # damaged shards are listed under PROBLEMS, not read
-        with tarfile.open(root / file.path) as tar:
+        with storage.open_read(root / file.path) as raw, tarfile.open(fileobj=raw) as tar:
             for member in tar.getmembers():
                 if member.name.endswith(f".{info.name}.npy"):
                     ids = decode_npy(tar.extractfile(member).read()).reshape(info.n_codebooks, -1)
@@ -55,15 +61,14 @@ def _val_seconds(m: Manifest, data: DataConfig) -> dict[str, tuple[float, float]
     return {book: (start * SLOT_SECONDS, end * SLOT_SECONDS) for book, (start, end) in held_out_slots(m.books, data).items()}
 
 
-def _summary(root: Path, m: Manifest, data: DataConfig) -> dict[str, Any]:
+def _summary(root: Path | storage.URL, m: Manifest, data: DataConfig, sizes: dict[str, int]) -> dict[str, Any]:
     problems = []
     for shard in m.shards:
         for file in shard.files.values():
-            path = root / file.path
-            if not path.is_file():
+            if file.path not in sizes:
                 problems.append({"path": file.path, "problem": "missing"})
-            elif path.stat().st_size != file.bytes:
-                problems.append({"path": file.path, "problem": f"size {path.stat().st_size} bytes, manifest says "
+            elif sizes[file.path] != file.bytes:
+                problems.append({"path": file.path, "problem": f"size {sizes[file.path]} bytes, manifest says "
                                  f"{file.bytes} (truncated or rewritten)"})
     hours = sum(b.duration_s for b in m.books) / 3600
     val = _val_seconds(m, data)
@@ -78,7 +83,7 @@ def _summary(root: Path, m: Manifest, data: DataConfig) -> dict[str, Any]:
                      "weights": to_dict(t.weights), "tokens": m.tokens(t.name),
                      "tokens_per_hour": m.tokens(t.name) / hours if hours else 0.0,
                      "bytes": sum(s.files[t.name].bytes for s in m.shards if t.name in s.files),
-                     "kmeans": t.kmeans, "stats": _stream_stats(root, m, t)} for t in m.streams],
+                     "kmeans": t.kmeans, "stats": _stream_stats(root, m, t, sizes)} for t in m.streams],
         "books": len(m.books),
         "hours": hours,
         "chunks": sum(b.chunks for b in m.books),

@@ -134,6 +134,8 @@ class Manifest:
         """Read a manifest from its file or its folder (a local path or a URL)."""
         path = manifest_file(path)
         if not storage.exists(path):
+            if storage.is_url(path):
+                storage.check_bucket(path)  # a missing bucket says so, not "no manifest"
             raise NarratorError(f"{path}: no token manifest here (run `narrator tokenize` first)")
         try:
             data = json.loads(storage.read_text(path))

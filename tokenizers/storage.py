@@ -1,7 +1,7 @@
 """Where books and token folders live: a local path or any fsspec URL (s3://, gs://, ...).
 
-The only module that knows fsspec. A location is a local path or a URL string; `join` builds them
-(pathlib would fold `s3://` into `s3:/`). Local paths keep plain os/pathlib calls. Writes are
+The only module that knows fsspec. A location is a local Path or a `URL` (a string that joins with
+`/` like a Path; pathlib would fold `s3://` into `s3:/`). Local paths keep plain os/pathlib calls. Writes are
 atomic everywhere, so a reader never sees part of a file: local files go through `<name>.tmp` and
 os.replace, objects through a `<key>.tmp` moved onto the final key (S3: copy, then delete).
 Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
@@ -23,7 +23,6 @@ from typing import IO, Any
 
 from narrator.errors import NarratorError
 
-Location = str | Path
 URL_PATTERN = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 TEMP_SUFFIX = ".tmp"
 # Read through object stores in blocks of this size: a 30 s chunk of a book costs a ranged GET or
@@ -37,6 +36,24 @@ CREDENTIAL_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID
 WEBDATASET_SCHEMES = ("http", "https")
 
 
+class URL(str):
+    """A URL such as s3://bucket/prefix that joins like a Path: `url / "manifest.json"`, `.name`, `.parent`."""
+
+    def __truediv__(self, part: str) -> URL:
+        return join(self, str(part))
+
+    @property
+    def name(self) -> str:
+        return name(self)
+
+    @property
+    def parent(self) -> URL:
+        return parent(self)
+
+
+Location = str | Path  # a local path, or a URL
+
+
 def scheme(location: Location) -> str:
     """"s3", "gs", ... for a URL; "" for a local path (file:// URLs count as local)."""
     match = URL_PATTERN.match(str(location)) if isinstance(location, str) else None
@@ -48,17 +65,17 @@ def is_url(location: Location) -> bool:
 
 
 def root(location: Location) -> Location:
-    """A token folder or book as given: a Path for a local path (file:// stripped), the URL string otherwise."""
+    """A token folder or book as given: a Path for a local path (file:// stripped), a URL otherwise."""
     text = str(location)
     if is_url(text):
-        return text.rstrip("/")
+        return URL(text.rstrip("/"))
     return Path(text.removeprefix("file://")).expanduser()
 
 
-def join(base: Location, *parts: str) -> Location:
-    """`base / part / ...`, for local paths (a Path) and URLs (a string) alike."""
+def join(base: Location, *parts: str) -> Path | URL:
+    """`base / part / ...`, for local paths (a Path) and URLs alike."""
     if is_url(base):
-        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+        return URL("/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)]))
     return Path(base).joinpath(*parts)
 
 
@@ -66,8 +83,8 @@ def name(location: Location) -> str:
     return str(location).rstrip("/").rsplit("/", 1)[-1] if is_url(location) else Path(location).name
 
 
-def parent(location: Location) -> Location:
-    return str(location).rstrip("/").rsplit("/", 1)[0] if is_url(location) else Path(location).parent
+def parent(location: Location) -> Path | URL:
+    return URL(str(location).rstrip("/").rsplit("/", 1)[0]) if is_url(location) else Path(location).parent
 
 
 def _fs(url: str) -> tuple[Any, str]:
@@ -118,25 +135,36 @@ def check_bucket(url: str) -> None:
     may create buckets on upload, or fail late)."""
     fs, path = _fs(url)
     with _errors(url):
-        if not fs.exists(_bucket(path)):
-            raise NarratorError(f"{url}: bucket {_bucket(path)!r} does not exist (create it first)")
+        try:
+            fs.info(_bucket(path))
+        except FileNotFoundError:
+            raise NarratorError(f"{url}: bucket {_bucket(path)!r} does not exist (create it first)") from None
 
 
 def exists(location: Location) -> bool:
     """Whether a file (not a folder) is there."""
     if not is_url(location):
         return Path(location).is_file()
-    fs, path = _fs(str(location))
-    with _errors(str(location)):
-        return fs.isfile(path)
+    return _url_type(str(location)) == "file"
 
 
 def is_dir(location: Location) -> bool:
     if not is_url(location):
         return Path(location).is_dir()
-    fs, path = _fs(str(location))
-    with _errors(str(location)):
-        return fs.isdir(path)
+    return _url_type(str(location)) == "directory"
+
+
+def _url_type(url: str) -> str | None:
+    """"file", "directory" or None (nothing there); other faults (no credentials, ...) raise.
+
+    fsspec's own exists/isfile answer False for any fault, which would turn "no credentials" into "not found".
+    """
+    fs, path = _fs(url)
+    with _errors(url):
+        try:
+            return fs.info(path)["type"]
+        except FileNotFoundError:
+            return None
 
 
 def size(location: Location) -> int:

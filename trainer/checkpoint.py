@@ -9,7 +9,7 @@ A checkpoint folder holds:
   streams.json            the manifest's entries of the streams trained on } so a copied checkpoint
   config.yaml             the resolved training config             } stands alone
   encodec_random_*.safetensors  random-init codec weights, when the tokens were made with them
-                          (a hard link to the token folder's copy where the filesystem allows)
+                          (a hard link to the token folder's copy where the filesystem allows; a copy from a URL folder)
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import ConfigError, NarratorError
+from narrator.tokenizers import storage
 from narrator.tokenizers.manifest import ACOUSTIC, StreamInfo
 from narrator.trainer.model import GPT, GPTConfig
 
@@ -111,7 +112,7 @@ def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path,
         _write_json(tmp / STREAMS_NAME, to_dict(streams))
         save_config(train_config, tmp / "config.yaml")
         for file in files:
-            _link_or_copy(Path(file), tmp / Path(file).name)
+            _link_or_copy(file, tmp / storage.name(file))
         if final.exists():  # the same step saved again (a resumed run stopped at once)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -184,7 +185,10 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     return model.to(device).eval(), config, meta
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _link_or_copy(source: str | Path, target: Path) -> None:
+    if storage.is_url(source):  # a token folder in an object store: the checkpoint keeps its own copy
+        storage.download(source, target)
+        return
     try:
         os.link(source, target)
     except OSError:  # another filesystem, or one without hard links
