@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("tokenize", help="quantize books into webdataset token shards with Ray")
-    p.add_argument("inputs", nargs="+", help="audio files, or catalog files (.txt: one audio path per line)")
+    p.add_argument("inputs", nargs="+", help="audio files or URLs, or catalogs: .jsonl / .csv with columns id, audio "
+                   "(path relative to the catalog, absolute, or URL), optional reader, licence, ...; .txt: one audio path per line")
     p.add_argument("--out", required=True, help="output folder or URL, e.g. s3://bucket/tokens (shards/, manifest.json)")
     _common(p)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -112,14 +113,31 @@ class ChunkingConfig:
             raise ConfigError("'chunking.chunk_seconds' must be > 0")
 
 
+RAY_ADDRESS = re.compile(r"^(?:ray://)?(?P<host>\[[0-9A-Fa-f:]+\]|[^:/\s\[\]]+):(?P<port>\d{1,5})$")  # host:port, ray://host:port
+
+
 @dataclass
 class RayConfig:
-    address: str | None = None  # None: start a local Ray instance; "auto" or "ray://host:10001" for a cluster
+    """Which Ray runs the encoder actors (tokenizers/ray_cluster.py) and what each actor asks of it."""
+
+    # "local": a private Ray for this run, even if one runs on the machine (null means the same);
+    # "auto": the Ray `ray start` runs on this machine (or RAY_ADDRESS, as `ray job submit` sets it);
+    # "host:port" (a head's GCS port) or "ray://host:10001" (Ray Client): a cluster.
+    address: str | None = "local"
+    connect_timeout_s: float = 15.0  # an address that does not answer within this is refused
     concurrency: int = 2  # encoder actors, one EnCodec model each
     num_cpus: float = 1.0  # per actor
     num_gpus: float = 0.0  # per actor; > 0 runs EnCodec on the GPU
+    resources: dict[str, float] = field(default_factory=dict)  # custom resources per actor: only nodes that have them run one
     batch_size: int = 4  # chunks per actor call
     torch_threads: int = 1  # intra-op threads per actor
+
+    def __post_init__(self) -> None:
+        self.address = (self.address or "local").strip()
+        if self.address not in ("local", "auto") and not RAY_ADDRESS.match(self.address):
+            raise ConfigError(f"'ray.address': {self.address!r} is not local, auto, host:port or ray://host:port")
+        if self.connect_timeout_s <= 0:
+            raise ConfigError(f"'ray.connect_timeout_s': {self.connect_timeout_s} must be > 0")
 
 
 @dataclass
