@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     _common(p)
 
+    p = sub.add_parser("estimate", help="GPU memory of a training config per ZeRO stage / offload, and what fits")
+    p.add_argument("--gpu-memory", dest="gpu_memory", default="16GiB", help="memory of one GPU, e.g. 16GiB, 16GB, 80GiB")
+    p.add_argument("--num-gpus", dest="num_gpus", type=int, default=1, help="GPUs the state is spread over (default 1)")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    _common(p)  # a training config
+
     p = sub.add_parser("demo", help="the whole pipeline on the built-in sample book")
     p.add_argument("--out", type=Path, help="output folder (default runs/demo)")
     p.add_argument("--minutes", type=float, help="length of the sample book")
@@ -149,6 +155,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             "checkpoint": "checkpoint", "semantic_checkpoint": "semantic_checkpoint", "prompt": "prompt", "prompt_seconds": "prompt_seconds",
             "seconds": "seconds", "out": "out", "temperature": "temperature", "top_k": "top_k", "seed": "seed"}))
         generate(cfg)
+    elif args.command == "estimate":
+        from narrator.trainer.estimate import run_estimate
+
+        print(run_estimate(args.config, args.overrides, args.gpu_memory, args.num_gpus, as_json=args.json))
     elif args.command == "demo":
         from narrator.demo import DemoConfig, run_demo
 

@@ -17,12 +17,19 @@ PRESETS: dict[str, dict] = {
     "demo": dict(n_layer=4, n_head=4, n_embd=128),  # CPU demo: ~1.3 M at block 256
     "small": dict(n_layer=6, n_head=6, n_embd=384),  # ~13 M
     "base": dict(n_layer=12, n_head=12, n_embd=768),  # ~90 M
-    # ~308 M: the largest preset that trains on one 16 GB GPU with bf16 autocast + AdamW. Weights,
-    # grads and both Adam moments in fp32 take 16 bytes/param = 4.6 GiB; activations measured with
-    # saved-tensor hooks (bf16 autocast, block 2048) take ~1.9 GiB per sequence, so a micro-batch
-    # of 4 fits (configs/train/gpu16gb.yaml has the sum). The next GPT-2 size (36 x 1280, ~716 M)
-    # needs 10.7 GiB for weights and optimizer state alone.
+    # ~308 M: the largest preset that trains on one 16 GB GPU with bf16 autocast + AdamW and no
+    # activation checkpointing. Weights, grads and both Adam moments in fp32 take 16 bytes/param =
+    # 4.6 GiB; activations (bf16 autocast, block 2048) take ~1.8 GiB per sequence, so a micro-batch
+    # of 4 fits (configs/train/gpu16gb.yaml). `narrator estimate` (trainer/estimate.py) does the sums.
     "medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    # ~716 M (GPT-2 large): 10.7 GiB of fp32 weights, grads and moments; on one 16 GB GPU only with
+    # activation checkpointing, which keeps 10 MiB per layer and sequence (block 2048) instead of 95
+    # (configs/train/gpu16gb_700m.yaml).
+    "large": dict(n_layer=36, n_head=20, n_embd=1280),
+    # ~1.55 B (GPT-2 XL's width, 50 layers instead of 48, to pass 1.5 B): 23 GiB of training state,
+    # so on a 16 GB GPU only as bf16 weights with the fp32 master weights, grads and moments in CPU
+    # memory (DeepSpeed ZeRO-2 optimizer offload; configs/train/gpu16gb_1p5b_offload.yaml).
+    "xl": dict(n_layer=50, n_head=25, n_embd=1600),
 }
 
 
