@@ -1,0 +1,71 @@
+"""launch/accelerate/multi_node.yaml as 2 machines on one host: one `accelerate launch` per machine rank, 1 process
+each, gloo on the CPU; the ranks train together and read disjoint shards."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from narrator.trainer.checkpoint import latest_checkpoint, read_state
+from narrator.trainer.metrics import read_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_accelerate_launch import ACCELERATE, LAUNCH, REPO, free_port  # noqa: E402
+
+# Imported by every Python process the launchers start (PYTHONPATH): records each shard a DataLoader worker
+# opens, with its rank. Training reads only in the worker (data.num_workers=1); validation reads every shard,
+# but in the rank's main process, so it is left out.
+SHARD_LOG_HOOK = '''
+import os, sys
+
+def _log_shard(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].endswith(".tar"):
+        data = sys.modules.get("torch.utils.data")
+        if data is not None and data.get_worker_info() is not None:
+            with open(os.environ["SHARD_LOG"], "a") as log:
+                log.write(f"{os.environ['RANK']} {os.path.basename(args[0])}\\n")
+
+sys.addaudithook(_log_shard)
+'''
+
+
+def machine_command(machine_rank: int, port: int, tokens: Path, out: Path, *overrides: str) -> list[str]:
+    """The command of one machine, as launch/README.md gives it (with 1 process per machine)."""
+    return [str(ACCELERATE), "launch", "--config_file", str(LAUNCH / "multi_node.yaml"),
+            "--machine_rank", str(machine_rank), "--num_machines", "2", "--num_processes", "2",
+            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+            "trainer/run.py", "--config", "configs/train/tiny.yaml", "--set", f"data.manifest={tokens}",
+            "--set", f"out={out}"] + [x for o in overrides for x in ("--set", o)]
+
+
+def test_two_machines_on_one_host_train_together_on_disjoint_shards(token_folder, tmp_path):
+    out, log, hook = tmp_path / "run", tmp_path / "shards.log", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SHARD_LOG_HOOK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SHARD_LOG": str(log),
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    port = free_port()
+    # 3 steps of 4 windows per rank stay inside the first epoch (each rank's share holds ~45 windows).
+    machines = [subprocess.Popen(machine_command(rank, port, token_folder, out, "max_steps=3", "data.num_workers=1"),
+                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for rank in (0, 1)]
+    try:
+        printed = [machine.communicate(timeout=300) for machine in machines]
+    finally:
+        for machine in machines:
+            machine.kill()
+    for machine, (stdout, stderr) in zip(machines, printed):
+        assert machine.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    for rank, (stdout, _) in enumerate(printed):  # one process per machine, rank = machine rank
+        assert f"rank {rank}/2: device cpu" in stdout and "MULTI_CPU" in stdout
+    assert "done: 3 steps" in printed[0][0]  # rank 0 reports for both
+    state = read_state(latest_checkpoint(out))
+    assert (state.step, state.world_size, state.tokens_seen) == (3, 2, 3 * 2 * 4 * 64)
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+    read = {"0": set(), "1": set()}
+    for line in log.read_text().splitlines():
+        rank, shard = line.split()
+        read[rank].add(shard)
+    assert read["0"] and read["1"] and not read["0"] & read["1"], read
+    assert read["0"] | read["1"] == {f"{i:06d}.tar" for i in range(4)}  # the token folder's 4 shards, all read
