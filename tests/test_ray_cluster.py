@@ -186,9 +186,9 @@ def test_an_unreachable_address_is_one_line_from_the_command(cluster, local_run,
                       "--out", str(with_weights_of(reference, tmp_path / "tokens")), *books_of(reference)], cluster.env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert [line for line in result.stderr.splitlines() if "error" in line.lower()] == [
+    assert [line for line in result.stderr.splitlines() if "error" in line.lower()] == [(
         f"narrator tokenize: error: ray.address=127.0.0.1:{closed} cannot be reached (Connection refused, waited up "
-        "to 15 s); check the address and that Ray runs there"]
+        "to 15 s); check the address and that Ray runs there")]
 
 
 def test_auto_without_a_running_ray_says_where_it_looked(monkeypatch, tmp_path):

@@ -20,7 +20,6 @@ from pathlib import Path
 from narrator.errors import NarratorError
 from narrator.tokenizers import storage
 
-CATALOG_SUFFIXES = (".jsonl", ".csv", ".txt")
 BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # a folder name in every shard key: no '/', no '.', no '..'
 REQUIRED = ("id", "audio")
 
@@ -95,7 +94,7 @@ def read_catalog(catalog: str) -> list[BookSource]:
 
 
 def _rows(catalog: str) -> list[tuple[int, dict]]:
-    """(row number, columns) for each row; row numbers count lines from 1, the CSV header being row 1."""
+    """(line number, columns) for each row: lines count from 1, a CSV header being line 1."""
     text = _read(catalog)
     if _suffix(catalog) == ".csv":
         reader = csv.DictReader(io.StringIO(text))
