@@ -181,3 +181,15 @@ def test_bad_input_is_one_line(args, message, capsys):
     assert cli_main(["estimate", "--config", str(CONFIGS / "gpu16gb.yaml"), *args]) == 1
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_gpu_bench_dry_run_lists_every_16gb_config_with_its_estimate():
+    """benchmarks/gpu_bench.py runs on a GPU machine only; its plan and estimates must work anywhere."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_bench.py"
+    out = subprocess.run([sys.executable, str(bench), "--dry-run"], check=False, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| configs/")]
+    for config in CONFIGS.glob("gpu16gb*.yaml"):
+        assert any(f"configs/train/{config.name} | as is |" in row and " GiB |" in row for row in rows), config.name
+    assert any("gpu16gb_1p5b_offload.yaml | as is | zero2-offload |" in row for row in rows)

@@ -7,8 +7,8 @@ tests/test_estimate.py and on an H100 by benchmarks/gpu_bench.py, see benchmarks
 
 - Precision. Accelerate's bf16/fp16 (DDP or one GPU) is autocast: fp32 weights, grads and AdamW
   moments (16 B/param), plus half copies of the matmul weights that autocast caches in forward and
-  backward keeps. DeepSpeed's bf16/fp16 (ZeRO 1-3) casts the model: half weights and grads, and an
-  fp32 master copy beside the moments in the (partitioned or offloaded) optimizer.
+  backward keeps. DeepSpeed's bf16/fp16 (ZeRO 1-3) casts the model: half weights, fp32 gradient
+  (partitions), and an fp32 master copy beside the moments in the (partitioned or offloaded) optimizer.
 - Attention is SDPA's flash / memory-efficient kernel on the GPU: no T x T matrix is kept, only
   q, k, v, the output and a log-sum-exp per head; its dropout needs no mask. (The CPU falls back to
   the T x T math kernel when attention dropout > 0.)
@@ -20,8 +20,9 @@ tests/test_estimate.py and on an H100 by benchmarks/gpu_bench.py, see benchmarks
 - Logits: B x T x vocab, as returned (fp32 under Accelerate's autocast, which converts outputs),
   the fp32 log-probabilities the loss keeps, and in backward their gradient and the logits' gradient.
 - The peak is the largest of: the end of forward (autocast's weight cache is full), the start of
-  backward (logits' gradients), a recomputed block (with checkpointing) and the optimizer step. Gradients count there only with grad_accum > 1 (otherwise they are
-  freed by zero_grad and grow as activations are freed); the optimizer step is a third candidate.
+  backward (logits' gradients), a recomputed block (with checkpointing) and the optimizer step
+  (foreach AdamW's temporary). Gradients count in the first three only with grad_accum > 1:
+  otherwise zero_grad freed them, and they grow in backward as the activations are freed.
 - DeepSpeed's defaults (0.19): a reduce bucket of 5e8 elements on the GPU (fp32 for ZeRO-1, half
   for ZeRO-2/3, doubled by ZeRO-3's overlap_comm); ZeRO-3 keeps two layers gathered.
 - `peak` is what torch.cuda.max_memory_allocated reports; a card also needs the CUDA context,
@@ -213,9 +214,9 @@ def estimate_memory(w: Workload, recipe: Recipe) -> MemoryEstimate:
     return MemoryEstimate(recipe.name, p, moment, weights, g, opt, copies, buckets, a, lg, OVERHEAD_BYTES, host)
 
 
-def workload_from_config(cfg: TrainConfig, num_gpus: int = 1, vocab_size: int | None = None) -> Workload:
-    """The Workload a training config describes (vocab: model.vocab_size, else `vocab_size`, else DEFAULT_VOCAB)."""
-    vocab = cfg.model.vocab_size or vocab_size or DEFAULT_VOCAB
+def workload_from_config(cfg: TrainConfig, num_gpus: int = 1) -> Workload:
+    """The Workload a training config describes (vocab: model.vocab_size, else DEFAULT_VOCAB)."""
+    vocab = cfg.model.vocab_size or DEFAULT_VOCAB
     gpt = cfg.model.gpt_config(vocab)
     return Workload(n_layer=gpt.n_layer, n_head=gpt.n_head, n_embd=gpt.n_embd, vocab_size=vocab,
                     block_size=gpt.block_size, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
@@ -316,16 +317,15 @@ class Report:
         return "\n".join(lines)
 
 
-def estimate_config(cfg: TrainConfig, gpu_memory: int, num_gpus: int = 1, config_name: str = "config",
-                    vocab_size: int | None = None) -> Report:
+def estimate_config(cfg: TrainConfig, gpu_memory: int, num_gpus: int = 1, config_name: str = "config") -> Report:
     if num_gpus < 1:
         raise NarratorError(f"--num-gpus {num_gpus}: must be >= 1")
-    w = workload_from_config(cfg, num_gpus, vocab_size)
+    w = workload_from_config(cfg, num_gpus)
     return Report(config_name, cfg.model.preset, w, gpu_memory, [estimate_memory(w, r) for r in RECIPES],
                   {r.name: largest_preset(w, r, gpu_memory) for r in RECIPES},
                   {r.name: largest_batch(w, r, gpu_memory) for r in RECIPES},
                   {r.name: largest_block(w, r, gpu_memory) for r in RECIPES},
-                  vocab_assumed=cfg.model.vocab_size is None and vocab_size is None)
+                  vocab_assumed=cfg.model.vocab_size is None)
 
 
 def load_train_config(path: str | None, overrides: list[str]) -> TrainConfig:
