@@ -1,4 +1,5 @@
-"""`accelerate launch` with the shipped launch configs: 2-process CPU DDP and DeepSpeed ZeRO-2, with resume."""
+"""`accelerate launch` with the shipped launch configs: 2-process CPU DDP and DeepSpeed ZeRO-2, with resume
+(ZeRO-3 and ZeRO-2 offload: test_deepspeed_launch.py; several machines: test_multi_node.py)."""
 
 import os
 import signal
@@ -23,15 +24,19 @@ TOKENS_PER_STEP = 2 * 4 * 64  # 2 processes x batch_size 4 x block_size 64 (conf
 
 def test_launch_configs_load_and_agree_with_the_trainer():
     configs = {p.stem: load_config_from_file(str(p)) for p in LAUNCH.glob("*.yaml")}
-    assert configs.keys() == {"single_gpu", "multi_gpu", "multi_node", "deepspeed_zero2", "deepspeed_zero3"}
+    assert configs.keys() == {"single_gpu", "multi_gpu", "multi_node", "deepspeed_zero2", "deepspeed_zero2_offload",
+                              "deepspeed_zero3"}
     assert (configs["single_gpu"].distributed_type, configs["single_gpu"].num_processes) == (DistributedType.NO, 1)
     assert (configs["multi_gpu"].distributed_type, configs["multi_gpu"].num_processes) == (DistributedType.MULTI_GPU, 8)
     node = configs["multi_node"]
-    assert (node.num_machines, node.num_processes, node.main_process_port) == (2, 16, 29500) and node.main_process_ip
-    for stage in (2, 3):
-        ds = configs[f"deepspeed_zero{stage}"]
+    assert (node.num_machines, node.num_processes, node.main_process_port) == (2, 16, 29500)
+    assert node.main_process_ip is None  # node 0's address is given on the command line, never a placeholder
+    deepspeed = {"deepspeed_zero2": (2, "none"), "deepspeed_zero2_offload": (2, "cpu"), "deepspeed_zero3": (3, "none")}
+    for name, (stage, optimizer_device) in deepspeed.items():  # optimizer_device: where AdamW's state lives
+        ds = configs[name]
         assert ds.distributed_type == DistributedType.DEEPSPEED and ds.deepspeed_config["zero_stage"] == stage
-        assert ds.deepspeed_config["offload_optimizer_device"] == ds.deepspeed_config["offload_param_device"] == "none"
+        assert ds.deepspeed_config["offload_optimizer_device"] == optimizer_device
+        assert ds.deepspeed_config["offload_param_device"] == "none"
         assert ds.deepspeed_config["gradient_clipping"] == OptimConfig().grad_clip
         assert "gradient_accumulation_steps" not in ds.deepspeed_config  # it would override grad_accum
 

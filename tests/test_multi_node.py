@@ -1,6 +1,7 @@
 """launch/accelerate/multi_node.yaml as 2 machines on one host: one `accelerate launch` per machine rank, 1 process
 each, gloo on the CPU; the ranks train together and read disjoint shards."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -69,3 +70,20 @@ def test_two_machines_on_one_host_train_together_on_disjoint_shards(token_folder
         read[rank].add(shard)
     assert read["0"] and read["1"] and not read["0"] & read["1"], read
     assert read["0"] | read["1"] == {f"{i:06d}.tar" for i in range(4)}  # the token folder's 4 shards, all read
+
+
+def test_multi_node_config_without_main_address_is_refused_in_one_line(capsys, monkeypatch):
+    # accelerate launch itself would hang here: torchrun retries the host "None" before the trainer starts.
+    spec = importlib.util.spec_from_file_location("check_config", LAUNCH / "check_config.py")
+    check_config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_config)
+    monkeypatch.chdir(REPO)
+    assert check_config.main(["launch/accelerate/multi_node.yaml"]) == 2
+    missing = capsys.readouterr()
+    assert missing.out == "" and missing.err.splitlines() == [
+        "launch/accelerate/multi_node.yaml: num_machines is 2 but main_process_ip is not set: give node 0's address "
+        "(--main_process_ip ADDR, the same on every machine)"]
+    assert check_config.main(["launch/accelerate/multi_node.yaml", "--main_process_ip", "127.0.0.1",
+                              "--num_processes", "2"]) == 0
+    assert capsys.readouterr().out == ("launch/accelerate/multi_node.yaml: ok: 2 machine(s) x 1 process(es), "
+                                       "MULTI_GPU, main process 127.0.0.1:29500\n")
