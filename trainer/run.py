@@ -231,10 +231,11 @@ def deepspeed_batch(ds: dict, cfg: TrainConfig, world: int) -> dict[str, int]:
 
     Absent or "auto" keys are filled here: our loaders are not passed to prepare(), so Accelerate cannot.
     """
+    total = cfg.batch_size * cfg.grad_accum * world
     wanted = {"train_micro_batch_size_per_gpu": (cfg.batch_size, f"batch_size {cfg.batch_size}"),
               "gradient_accumulation_steps": (cfg.grad_accum, f"grad_accum {cfg.grad_accum}"),
-              "train_batch_size": (cfg.batch_size * cfg.grad_accum * world,
-                                   f"batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} processes")}
+              "train_batch_size": (total, f"batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} "
+                                          f"processes = {total}")}
     file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")  # the accelerate config's deepspeed_config_file
     source, written = "the accelerate config's deepspeed_config", ds
     if file != "none" and Path(file).is_file():
@@ -243,17 +244,15 @@ def deepspeed_batch(ds: dict, cfg: TrainConfig, world: int) -> dict[str, int]:
     for key, (value, why) in wanted.items():
         given = written.get(key, "auto")
         if given != "auto" and given != value:
-            raise ConfigError(f"{source}: {key}={given} disagrees with the training config ({why} = {value}); "
-                              'set it to "auto" or remove it')
+            raise ConfigError(f'{source}: {key}={given}, but the training config gives {why}; set it to "auto" '
+                              "or remove it")
     return {key: value for key, (value, _) in wanted.items()}
 
 
 def quiet_deepspeed() -> None:
-    """Keep a clean DeepSpeed run free of lines that look like faults but are not.
-
-    DeepSpeed calls collectives torch deprecated (a FutureWarning per call, every step), and on a
-    machine without CUDA torch warns once per process that it found no CUDA runtime.
-    """
+    """Keep a clean DeepSpeed run free of lines that look like faults and are not: DeepSpeed calls collectives
+    torch deprecated (a FutureWarning per call, every step), and loading its C++ ops on a machine without
+    CUDA makes torch warn in every process that there is no CUDA runtime."""
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
