@@ -71,7 +71,8 @@ def data_vocab(cfg: DataConfig, manifest: Manifest, where: str | Path = MANIFEST
 
 
 def open_folder(path: str | Path) -> tuple[Manifest, Path | storage.URL]:
-    """A token folder (or its manifest.json), local or at a URL -> its manifest and the folder its paths are relative to."""
+    """A token folder (or its manifest.json), local or at a URL -> its manifest and the folder its paths
+    are relative to."""
     return Manifest.load(path), token_folder(path)
 
 
@@ -88,8 +89,8 @@ def open_sources(cfg: DataConfig, folders: Sequence[tuple[Manifest, Path]]) -> l
         for stream in opened.layout.streams:
             mine, theirs = manifest.stream(stream), first.stream(stream)
             if (mine.config_hash, mine.weights.sha256) != (theirs.config_hash, theirs.weights.sha256):
-                raise NarratorError(f"{storage.join(folder, MANIFEST_NAME)}: its {stream} tokens were made with another config "
-                                    f"or weights (config_hash {mine.config_hash}, weights {mine.weights.sha256[:12]}) than "
+                raise NarratorError(f"{storage.join(folder, MANIFEST_NAME)}: its {stream} tokens were made with "
+                                    f"another config or weights (config_hash {mine.config_hash}, weights {mine.weights.sha256[:12]}) than "
                                     f"{storage.join(first_dir, MANIFEST_NAME)}'s ({theirs.config_hash}, "
                                     f"{theirs.weights.sha256[:12]}); a mix must be one kind of tokens")
         shards.append(dataclasses.replace(opened, source=i, weight=source.weight))

@@ -74,7 +74,8 @@ def s3_server(tmp_path_factory):
     s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc, admin, admin_grpc = _free_ports(10)
     command = [weed, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+               f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-master.port={master}",
+               f"-master.port.grpc={master_grpc}",
                f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", f"-filer.port={filer}",
                f"-filer.port.grpc={filer_grpc}", f"-admin.port={admin}", f"-admin.port.grpc={admin_grpc}",
                f"-s3.config={folder / 's3.json'}", "-s3.autoCreateBucket=false"]
@@ -130,7 +131,8 @@ def keys(fs, prefix: str) -> dict[str, tuple[int, str]]:
 def runs(s3_server, ray_local, speech_wav, tmp_path_factory):
     """The same two books tokenized from disk to disk and from the bucket to the bucket."""
     books = tmp_path_factory.mktemp("books")
-    paths = [speech_wav(books / "a.wav", 6.0, seed=1), speech_wav(books / "b.flac", 4.0, seed=2, sample_rate=44_100, channels=2)]
+    paths = [speech_wav(books / "a.wav", 6.0, seed=1),
+             speech_wav(books / "b.flac", 4.0, seed=2, sample_rate=44_100, channels=2)]
     for p in paths:
         s3_server.fs.put_file(str(p), f"{BUCKET}/books/{p.name}")
     local = tmp_path_factory.mktemp("local") / "tokens"
@@ -149,7 +151,7 @@ def test_books_in_a_bucket_tokenize_into_the_bucket_as_on_disk(runs, s3_server):
     fs = s3_server.fs
     remote = Manifest.load(url)
     on_disk = Manifest.load(local)
-    assert [b.source for b in remote.books] == [f"{url.rsplit('/', 1)[0]}/books/a.wav", f"{url.rsplit('/', 1)[0]}/books/b.flac"]
+    assert [b.source for b in remote.books] == [f"s3://{BUCKET}/books/a.wav", f"s3://{BUCKET}/books/b.flac"]
     for b in remote.books + on_disk.books:
         b.source = ""
     assert to_dict(remote) == to_dict(on_disk)  # same shards, sizes, sha256s, streams, weights
@@ -159,7 +161,8 @@ def test_books_in_a_bucket_tokenize_into_the_bucket_as_on_disk(runs, s3_server):
     names = keys(fs, f"{BUCKET}/tokens")
     assert {"manifest.json", "plan.json", "tokenize_config.yaml", "encodec_random_seed0.safetensors",
             "shards/acoustic/stream.json"} <= names.keys()
-    assert fs.cat_file(f"{BUCKET}/tokens/encodec_random_seed0.safetensors") == (local / "encodec_random_seed0.safetensors").read_bytes()
+    weights = "encodec_random_seed0.safetensors"
+    assert fs.cat_file(f"{BUCKET}/tokens/{weights}") == (local / weights).read_bytes()
     assert sorted(n for n in names if n.startswith("shards/acoustic/written/")) == [
         f"shards/acoustic/written/{i:06d}.tar.json" for i in range(3)]
     assert not [n for n in names if n.endswith(".tmp")]
@@ -235,7 +238,8 @@ def test_missing_and_truncated_shards_in_a_bucket_are_refused_naming_them(runs, 
     assert str(e.value).startswith(f"{broken}/shards/acoustic/000000.tar: shard listed in {broken}/manifest.json")
     for shard in manifest.shards:
         path = shard.files[ACOUSTIC].path
-        fs.pipe_file(f"{BUCKET}/broken/{path}", fs.cat_file(f"{BUCKET}/tokens/{path}")[: -512 if shard.index == 2 else None])
+        data = fs.cat_file(f"{BUCKET}/tokens/{path}")
+        fs.pipe_file(f"{BUCKET}/broken/{path}", data[:-512] if shard.index == 2 else data)
     with pytest.raises(NarratorError, match="truncated or rewritten") as e:
         shard_urls(manifest, storage.root(broken), ACOUSTIC)
     assert str(e.value).startswith(f"{broken}/shards/acoustic/000002.tar: shard is ")

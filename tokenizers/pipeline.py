@@ -112,7 +112,8 @@ def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str]) -> T
     present = _folder_streams(out)
     written = {info.name: read_written(out, info.name) for info in present}
     on_disk = {st.info.name: _shard_sizes(out, st.info.name) for st in streams}
-    missing = {shard.index: [st.info.name for st in streams if shard_path(st.info.name, shard.index) not in on_disk[st.info.name]]
+    missing = {shard.index: [st.info.name for st in streams
+                             if shard_path(st.info.name, shard.index) not in on_disk[st.info.name]]
                for shard in plan.shards}
     missing = {index: names for index, names in missing.items() if names}
     if missing:
@@ -165,8 +166,8 @@ def build_manifest(out: storage.Location, cfg: TokenizeConfig, plan: ShardPlan, 
 
 def _shard_sizes(out: storage.Location, stream: str) -> dict[str, int]:
     """A stream's finished shard files (relative to OUT) -> their sizes, from one listing (no temp files)."""
-    return {shard_path(stream, int(name[:-4])): size for name, size in storage.list_sizes(storage.join(out, "shards", stream)).items()
-            if re.fullmatch(r"\d{6}\.tar", name)}
+    found = storage.list_sizes(storage.join(out, "shards", stream))
+    return {shard_path(stream, int(name[:-4])): size for name, size in found.items() if re.fullmatch(r"\d{6}\.tar", name)}
 
 
 class ChunkEncoderActor:
@@ -283,7 +284,8 @@ def _semantic_stream(cfg: TokenizeConfig, out: storage.Location, embedder: Whisp
         quality = model.meta.quality_heldout or model.meta.quality_fit
         print(f"k-means: fit k={model.meta.k} on {model.meta.sample.fit_frames:,} frames of {model.meta.sample.books} books "
               f"(Whisper {cfg.whisper.model}, layer {cfg.whisper.layer}); held-out relative error "
-              f"{quality.relative_error:.3f}, perplexity {quality.perplexity:.0f} -> {storage.join(out, KMEANS_STEM)}.json")
+              f"{quality.relative_error:.3f}, perplexity {quality.perplexity:.0f} -> "
+              f"{storage.join(out, KMEANS_STEM)}.json")
     return _Stream(info, tokenizer, {
         "name": SEMANTIC, "config": to_dict(cfg.whisper), "identity": to_dict(embedder.weights_identity()),
         "weights": embedder.encoder.state_dict(), "kmeans": model})
@@ -346,7 +348,8 @@ def _fail(report: TokenizeReport, book: BookSource, reason: str) -> None:
     print(f"skipped {book.given}: {reason}")
 
 
-def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], plan: ShardPlan, missing: dict[int, list[str]],
+def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], plan: ShardPlan,
+            missing: dict[int, list[str]],
             written: dict[str, dict[str, WrittenShard]], report: TokenizeReport) -> None:
     """Run the Ray Data actor pool over the chunks of the shards some stream lacks, and write each
     stream's shard file as soon as its chunks are in."""
