@@ -39,6 +39,7 @@ def test_launch_configs_load_and_agree_with_the_trainer():
         assert ds.deepspeed_config["offload_param_device"] == "none"
         assert ds.deepspeed_config["gradient_clipping"] == OptimConfig().grad_clip
         assert "gradient_accumulation_steps" not in ds.deepspeed_config  # it would override grad_accum
+        assert ds.deepspeed_config["deepspeed_multinode_launcher"] == "standard"  # not pdsh: one launch per machine
 
 
 def free_port() -> int:

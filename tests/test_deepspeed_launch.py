@@ -121,7 +121,7 @@ def test_zero3_killed_mid_run_resumes_and_its_consolidated_weights_generate_a_wa
 
 def test_zero2_offload_keeps_optimizer_state_on_the_cpu_trains_resumes_and_exports(token_folder, tmp_path):
     out = tmp_path / "run"
-    # Accelerate swaps in DeepSpeed's CPU Adam, a C++ op compiled on first use (~1.5 min here, needs g++ and
+    # Accelerate swaps in DeepSpeed's CPU Adam, a C++ op compiled on first use (75 s of CPU time here; g++ and
     # ninja) and cached in TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions).
     launch("deepspeed_zero2_offload.yaml", token_folder, out, "max_steps=4", "cpu=false", env=DEEPSPEED_ENV)
     saved = torch.load(list_checkpoints(out)[-1] / "accelerate" / "pytorch_model" / "mp_rank_00_model_states.pt",
