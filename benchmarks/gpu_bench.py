@@ -32,8 +32,11 @@ BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 MEASURE = ["grad_accum=2"]  # see the module docstring
 
 
-def planned_runs() -> list[tuple[str, list[str], str]]:
-    """(config, overrides, recipe) for every run: each 16 GB preset as shipped, and base for comparison."""
+def planned_runs(which: str = "presets") -> list[tuple[str, list[str], str]]:
+    """(config, overrides, recipe) for every run: each 16 GB preset as shipped, and base for comparison;
+    or ("zero") gpu16gb.yaml under ZeRO-1, 2 and 3 on one rank, to check the estimate's DeepSpeed terms."""
+    if which == "zero":
+        return [("configs/train/gpu16gb.yaml", [], f"zero{stage}") for stage in (1, 2, 3)]
     runs = [("configs/train/gpu16gb.yaml", ["model.preset=base", "batch_size=8"], "ddp")]
     for path in sorted((REPO / "configs" / "train").glob("gpu16gb*.yaml")):
         runs.append((str(path.relative_to(REPO)), [], "zero2-offload" if "offload" in path.name else "ddp"))
@@ -75,12 +78,13 @@ def encodec_speed(seconds: float = 32.2, batch: int = 16, repeats: int = 3) -> s
             f"({wall * 1000:.0f} ms per batch) |")
 
 
-def one_rank_deepspeed_env(port: int = 29517) -> dict[str, str]:
-    """What `accelerate launch --config_file launch/accelerate/deepspeed_zero2_offload.yaml --num_processes 1` sets."""
+def one_rank_deepspeed_env(recipe: str, port: int = 29517) -> dict[str, str]:
+    """What `accelerate launch --config_file launch/accelerate/deepspeed_zero2_offload.yaml --num_processes 1`
+    sets (for "zero2-offload"; the stage and offload follow `recipe`)."""
     return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
-            "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none",
-            "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false"}
+            "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": recipe[4],
+            "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu" if recipe.endswith("offload") else "none",
+            "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none", "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false"}
 
 
 def train_run(tokens: Path, out: Path, config: str, overrides: list[str], steps: int) -> dict:
@@ -112,8 +116,8 @@ def train_run(tokens: Path, out: Path, config: str, overrides: list[str], steps:
 
 
 def child(args: argparse.Namespace) -> None:
-    if args.recipe == "zero2-offload":
-        os.environ.update(one_rank_deepspeed_env())
+    if args.recipe != "ddp":
+        os.environ.update(one_rank_deepspeed_env(args.recipe))
     result = train_run(Path(args.tokens), Path(args.out), args.config, args.overrides, args.steps)
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -124,6 +128,8 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="print the runs and their estimates; no GPU needed")
     ap.add_argument("--skip-encodec", action="store_true")
     ap.add_argument("--run-timeout", type=int, default=300, help="seconds one training run may take")
+    ap.add_argument("--runs", choices=["presets", "zero"], default="presets",
+                    help="presets: every gpu16gb*.yaml (and base); zero: gpu16gb.yaml under ZeRO-1/2/3 on one rank")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--recipe", default="ddp", help=argparse.SUPPRESS)
@@ -138,7 +144,7 @@ def main() -> None:
                "estimate / measured | reserved | tokens/s | MFU | wall |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if args.dry_run:
         print("\n".join(header))
-        for config, overrides, recipe in planned_runs():
+        for config, overrides, recipe in planned_runs(args.runs):
             e = estimate(config, overrides, recipe)
             print(f"| {config} | {' '.join(overrides) or 'as is'} | {recipe} | | | {e.peak / 2**30:.2f} GiB | (not run) | | | | | |")
         return
@@ -159,8 +165,8 @@ def main() -> None:
     print("\n".join(header), flush=True)
     from narrator.trainer.estimate import load_train_config, workload_from_config
 
-    for i, (config, overrides, recipe) in enumerate(planned_runs()):
-        if recipe == "zero2-offload" and importlib.util.find_spec("deepspeed") is None:
+    for i, (config, overrides, recipe) in enumerate(planned_runs(args.runs)):
+        if recipe != "ddp" and importlib.util.find_spec("deepspeed") is None:
             lines.append(f"| {config} | | {recipe} | skipped: deepspeed not installed |")
             print(lines[-1], flush=True)
             continue
@@ -184,7 +190,7 @@ def main() -> None:
         lines.append(f"| {config} | {' '.join(overrides) or 'as is'} | {recipe} | {params / 1e6:,.0f} M | {r['batch']} | "
                      f"{est.peak / 2**30:.2f} GiB | {r['peak_bytes'] / 2**30:.2f} GiB | {est.peak / r['peak_bytes']:.3f} | "
                      f"{r['reserved_bytes'] / 2**30:.2f} GiB | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['wall_s']:.0f} s |")
-        if recipe == "zero2-offload":
+        if recipe.endswith("offload"):
             lines[-1] += f" host peak RSS {r['host_peak_bytes'] / 2**30:.1f} GiB (estimated offload state {est.host / 2**30:.1f} GiB)"
         print(lines[-1], flush=True)
         if os.environ.get("OUT"):  # after every run: a later run that hangs leaves the earlier rows

@@ -131,7 +131,10 @@ def test_estimated_peak_matches_measured_cpu_memory_of_a_training_step():
 H100_PEAKS = [("gpu16gb.yaml", ["model.preset=base", "batch_size=8"], DDP, 8.02),
               ("gpu16gb.yaml", [], DDP, 12.92),
               ("gpu16gb_700m.yaml", [], DDP, 13.99),
-              ("gpu16gb_1p5b_offload.yaml", [], OFFLOAD, 7.57)]
+              ("gpu16gb_1p5b_offload.yaml", [], OFFLOAD, 7.57),
+              ("gpu16gb.yaml", [], RECIPES[1], 12.45),  # ZeRO-1, one rank
+              ("gpu16gb.yaml", [], RECIPES[2], 12.15),  # ZeRO-2
+              ("gpu16gb.yaml", [], RECIPES[4], 12.45)]  # ZeRO-3
 
 
 @pytest.mark.parametrize("config,overrides,recipe,measured_gib", H100_PEAKS)

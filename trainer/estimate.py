@@ -7,8 +7,9 @@ tests/test_estimate.py and on an H100 by benchmarks/gpu_bench.py, see benchmarks
 
 - Precision. Accelerate's bf16/fp16 (DDP or one GPU) is autocast: fp32 weights, grads and AdamW
   moments (16 B/param), plus half copies of the matmul weights that autocast caches in forward and
-  backward keeps. DeepSpeed's bf16/fp16 (ZeRO 1-3) casts the model: half weights, fp32 gradient
-  (partitions), and an fp32 master copy beside the moments in the (partitioned or offloaded) optimizer.
+  backward keeps. DeepSpeed's bf16/fp16 (ZeRO 1-3) casts the model: half weights and gradients
+  (its grad_accum_dtype defaults to the model's), and an fp32 master copy beside the moments in the
+  (partitioned or offloaded) optimizer; offloaded, the gradients are fp32 in CPU memory.
 - Attention is SDPA's flash / memory-efficient kernel on the GPU: no T x T matrix is kept, only
   q, k, v, the output and a log-sum-exp per head; its dropout needs no mask. (The CPU falls back to
   the T x T math kernel when attention dropout > 0.)
@@ -23,10 +24,11 @@ tests/test_estimate.py and on an H100 by benchmarks/gpu_bench.py, see benchmarks
   backward (logits' gradients), a recomputed block (with checkpointing) and the optimizer step
   (foreach AdamW's temporary). Gradients count in the first three only with grad_accum > 1:
   otherwise zero_grad freed them, and they grow in backward as the activations are freed.
-- DeepSpeed's defaults (0.19): a reduce bucket of 5e8 elements on the GPU (fp32 for ZeRO-1, half
-  for ZeRO-2/3, doubled by ZeRO-3's overlap_comm); ZeRO-3 keeps two layers gathered.
+- DeepSpeed's defaults (0.19): a reduce bucket of 5e8 elements in the model's dtype on the GPU;
+  ZeRO-3 on several GPUs keeps two layers gathered.
 - `peak` is what torch.cuda.max_memory_allocated reports; a card also needs the CUDA context,
-  cuBLAS workspaces and allocator slack: OVERHEAD_BYTES on top.
+  cuBLAS workspaces and allocator slack: OVERHEAD_BYTES on top, and DS_ALLOCATOR_SLACK more under
+  ZeRO-1/2/3, whose buffers left that much reserved but unallocated on an H100.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ GiB = 2**30
 DEFAULT_VOCAB = 4 * 1024 + 1  # EnCodec 3 kbps: 4 codebooks x 1024 codes, plus the boundary token
 OVERHEAD_BYTES = 1 * GiB  # CUDA context (~0.5 GiB with torch 2.x), cuBLAS workspace, allocator fragmentation
 DS_REDUCE_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size, in elements
+# ZeRO-1/2/3 (not offload) left 1.9-2.5 GiB reserved beyond the allocated peak on an H100 (benchmarks/RESULTS.md).
+DS_ALLOCATOR_SLACK = int(2.5 * GiB)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -186,12 +190,12 @@ def estimate_memory(w: Workload, recipe: Recipe) -> MemoryEstimate:
         weights = weight_bytes * n if recipe.zero_stage < 3 else weight_bytes * n // world
         if recipe.zero_stage == 3 and world > 1:  # the layer in use and the one prefetched
             weights += 2 * weight_bytes * 12 * w.n_embd**2
-        grads = 4 * n if recipe.zero_stage == 1 else 4 * n // world
+        # Gradients accumulate in the model's dtype (DeepSpeed's grad_accum_dtype default), whole under ZeRO-1.
+        grads = weight_bytes * n if recipe.zero_stage == 1 else weight_bytes * n // world
         opt = master + moments
-        bucket_dtype = 4 if recipe.zero_stage == 1 else weight_bytes
-        buckets = DS_REDUCE_BUCKET * bucket_dtype * (2 if recipe.zero_stage == 3 else 1)
-        if recipe.offload_optimizer:
-            host, grads, opt = grads + opt, 0, 0
+        buckets = DS_REDUCE_BUCKET * weight_bytes
+        if recipe.offload_optimizer:  # fp32 gradients, master weights and moments in CPU memory
+            host, grads, opt = 4 * n // world + master + moments, 0, 0
     held_grads = grads if w.grad_accum > 1 else 0
     static = weights + opt + buckets
     acts = activation_bytes(w, p)
@@ -211,7 +215,8 @@ def estimate_memory(w: Workload, recipe: Recipe) -> MemoryEstimate:
     moment, (g, copies, a, lg) = max(moments_at.items(), key=lambda kv: static + sum(kv[1]))
     if moment == "optimizer step":  # foreach AdamW's temporary is reported with the optimizer state
         opt, lg = opt + lg, 0
-    return MemoryEstimate(recipe.name, p, moment, weights, g, opt, copies, buckets, a, lg, OVERHEAD_BYTES, host)
+    overhead = OVERHEAD_BYTES + (DS_ALLOCATOR_SLACK if recipe.zero_stage and not recipe.offload_optimizer else 0)
+    return MemoryEstimate(recipe.name, p, moment, weights, g, opt, copies, buckets, a, lg, overhead, host)
 
 
 def workload_from_config(cfg: TrainConfig, num_gpus: int = 1) -> Workload:
@@ -312,8 +317,9 @@ class Report:
                   f"{w.mixed_precision}, activation checkpointing {'on' if w.activation_checkpointing else 'off'}, "
                   f"{'fused' if w.fused_adamw else 'foreach'} AdamW, {w.num_gpus} GPU(s); GiB per GPU:"),
                  "", fmt("", names), *(fmt(label, cells) for label, cells in rows), "",
-                 (f"overhead: {OVERHEAD_BYTES / GiB:g} GiB for the CUDA context, cuBLAS workspace and allocator slack; "
-                  "flash/memory-efficient attention (no T x T matrix); assumptions: trainer/estimate.py")]
+                 (f"overhead: {OVERHEAD_BYTES / GiB:g} GiB for the CUDA context, cuBLAS workspace and allocator slack "
+                  f"(+{DS_ALLOCATOR_SLACK / GiB:g} GiB under ZeRO-1/2/3); flash/memory-efficient attention (no T x T "
+                  "matrix); assumptions: trainer/estimate.py")]
         return "\n".join(lines)
 
 
