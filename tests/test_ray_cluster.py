@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from narrator.errors import NarratorError
-from narrator.tokenizers.config import RayConfig
+from narrator.config import load_config
+from narrator.tokenizers.config import RayConfig, TokenizeConfig
 from narrator.tokenizers.encodec import random_weights_name
 from narrator.tokenizers.manifest import Manifest
 from narrator.tokenizers.ray_cluster import check_address, running_address
@@ -209,9 +210,18 @@ def test_a_port_where_no_ray_answers_is_refused_in_bounded_time():
         threading.Thread(target=web.serve_forever, daemon=True).start()
         start = time.monotonic()
         with pytest.raises(NarratorError, match="accepts connections but no Ray head answers there"):
-            check_address(RayConfig(address=f"ray://127.0.0.1:{web.server_address[1]}", connect_timeout_s=3))
+            check_address(RayConfig(address=f"127.0.0.1:{web.server_address[1]}", connect_timeout_s=3))
         assert time.monotonic() - start < 10
         web.shutdown()
+
+
+def test_a_ray_client_address_is_refused_by_the_config():
+    with pytest.raises(NarratorError, match="'ray.address': ray://head:10001 is a Ray Client address, and the encoder "
+                                            "actor pool \\(Ray Data\\) does not run through Ray Client"):
+        load_config(TokenizeConfig, None, ["ray.address=ray://head:10001"])
+    with pytest.raises(NarratorError, match="'ray.address': 'http://head:8265' is not local, auto or a head's host:port"):
+        load_config(TokenizeConfig, None, ["ray.address=http://head:8265"])
+    assert load_config(TokenizeConfig, None, ["ray.address=null"]).ray.address == "local"  # as older configs say
 
 
 def books_of(tokens: Path) -> list[str]:

@@ -113,7 +113,7 @@ class ChunkingConfig:
             raise ConfigError("'chunking.chunk_seconds' must be > 0")
 
 
-RAY_ADDRESS = re.compile(r"^(?:ray://)?(?P<host>\[[0-9A-Fa-f:]+\]|[^:/\s\[\]]+):(?P<port>\d{1,5})$")  # host:port, ray://host:port
+RAY_ADDRESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:]+\]|[^:/\s\[\]]+):(?P<port>\d{1,5})$")  # a head's host:port
 
 
 @dataclass
@@ -122,7 +122,7 @@ class RayConfig:
 
     # "local": a private Ray for this run, even if one runs on the machine (null means the same);
     # "auto": the Ray `ray start` runs on this machine (or RAY_ADDRESS, as `ray job submit` sets it);
-    # "host:port" (a head's GCS port) or "ray://host:10001" (Ray Client): a cluster.
+    # "host:port": the GCS port of a cluster's head (6379 by default).
     address: str | None = "local"
     connect_timeout_s: float = 15.0  # an address that does not answer within this is refused
     concurrency: int = 2  # encoder actors, one EnCodec model each
@@ -134,8 +134,12 @@ class RayConfig:
 
     def __post_init__(self) -> None:
         self.address = (self.address or "local").strip()
+        if self.address.startswith("ray://"):  # Ray Data's executor fails there ('Worker' object has no attribute 'core_worker')
+            raise ConfigError(f"'ray.address': {self.address} is a Ray Client address, and the encoder actor pool (Ray "
+                              "Data) does not run through Ray Client; give the head's host:6379, or run tokenize on "
+                              "the head with `ray job submit` and ray.address=auto")
         if self.address not in ("local", "auto") and not RAY_ADDRESS.match(self.address):
-            raise ConfigError(f"'ray.address': {self.address!r} is not local, auto, host:port or ray://host:port")
+            raise ConfigError(f"'ray.address': {self.address!r} is not local, auto or a head's host:port")
         if self.connect_timeout_s <= 0:
             raise ConfigError(f"'ray.connect_timeout_s': {self.connect_timeout_s} must be > 0")
 

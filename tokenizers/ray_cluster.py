@@ -1,6 +1,6 @@
 """Which Ray `narrator tokenize` runs on, by `ray.address`: a private local instance (`local`, the
-default), the instance `ray start` runs on this machine (`auto`), or a cluster (`host:port`,
-`ray://host:10001`). One line says which, with its nodes, CPUs and GPUs.
+default), the instance `ray start` runs on this machine (`auto`), or a cluster's head (`host:port`).
+One line says which, with its nodes, CPUs and GPUs.
 
 A plain ray.init() joins whatever instance /tmp/ray/ray_current_cluster names and then refuses the
 CPU count it is given (a traceback), and an address nobody answers makes ray.init retry for
@@ -144,12 +144,12 @@ def running_address(environ: Mapping[str, str] = os.environ) -> tuple[str | None
 
 
 def _probe(address: str, timeout_s: float, name: str) -> None:
-    """Fail in one line, within `timeout_s`, unless a Ray head answers at `address`: its GCS (host:port)
-    or its Ray Client server (ray://). ray.init itself would retry for minutes on an address where
-    nothing listens, or where something else does (a proxy, another service)."""
+    """Fail in one line, within `timeout_s`, unless a Ray head's GCS answers at `address` (host:port).
+    ray.init itself would retry for minutes on an address where nothing listens, or where something
+    else does (a proxy, another service)."""
     match = RAY_ADDRESS.match(address)
     if match is None:
-        raise NarratorError(f"{name} is not host:port or ray://host:port")
+        raise NarratorError(f"{name} is not a head's host:port")
     host, port = match["host"].strip("[]"), int(match["port"])
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
@@ -163,16 +163,15 @@ def _probe(address: str, timeout_s: float, name: str) -> None:
 
     # Any answer but "no such method" shows Ray is there: an empty request gets OK, or an
     # authentication refusal that ray.init then reports in full.
-    method = "/ray.rpc.RayletDriver/ClusterInfo" if address.startswith("ray://") else "/ray.rpc.NodeInfoGcsService/GetClusterId"
-    with grpc.insecure_channel(f"{match['host']}:{port}") as channel:
-        call = channel.unary_unary(method, request_serializer=lambda x: x, response_deserializer=lambda x: x)
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId", request_serializer=lambda x: x,
+                                   response_deserializer=lambda x: x)
         try:
             call(b"", timeout=timeout_s)
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise NarratorError(f"{name} accepts connections but no Ray head answers there ({e.code().name}, "
-                                    f"waited up to {timeout_s:g} s); give a head's GCS port (6379 by default), or "
-                                    "ray://host:10001 for its Ray Client server") from None
+                                    f"waited up to {timeout_s:g} s); give the GCS port of a head (6379 by default)") from None
 
 
 def _describe(where: str) -> RaySession:
