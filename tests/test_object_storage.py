@@ -128,8 +128,9 @@ def keys(fs, prefix: str) -> dict[str, tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def runs(s3_server, ray_local, speech_wav, tmp_path_factory):
-    """The same two books tokenized from disk to disk and from the bucket to the bucket."""
+def runs(ray_local, s3_server, speech_wav, tmp_path_factory):
+    """The same two books tokenized from disk to disk and from the bucket to the bucket. Ray starts before
+    the AWS_* variables are set, so its actors get the credentials only as the pipeline hands them over."""
     books = tmp_path_factory.mktemp("books")
     paths = [speech_wav(books / "a.wav", 6.0, seed=1),
              speech_wav(books / "b.flac", 4.0, seed=2, sample_rate=44_100, channels=2)]

@@ -102,8 +102,7 @@ def read_written(out: storage.Location, stream: str) -> dict[str, WrittenShard]:
     if storage.exists(storage.join(folder, WRITTEN_LOG)):
         lines += storage.read_text(storage.join(folder, WRITTEN_LOG)).splitlines()
     if storage.is_url(out):
-        records = storage.join(folder, WRITTEN_RECORDS)
-        lines += [storage.read_text(storage.join(records, name)) for name in sorted(storage.list_sizes(records))]
+        lines += [data.decode() for data in storage.read_folder(storage.join(folder, WRITTEN_RECORDS)).values()]
     found: dict[str, WrittenShard] = {}
     for line in lines:
         try:

@@ -148,12 +148,6 @@ def exists(location: Location) -> bool:
     return _url_type(str(location)) == "file"
 
 
-def is_dir(location: Location) -> bool:
-    if not is_url(location):
-        return Path(location).is_dir()
-    return _url_type(str(location)) == "directory"
-
-
 def _url_type(url: str) -> str | None:
     """"file", "directory" or None (nothing there); other faults (no credentials, ...) raise.
 
@@ -256,14 +250,16 @@ def list_sizes(folder: Location) -> dict[str, int]:
             if f["type"] == "file" and not f["name"].endswith(TEMP_SUFFIX)}
 
 
-def remove(location: Location) -> None:
-    """Delete a file if it is there."""
-    if not is_url(location):
-        Path(location).unlink(missing_ok=True)
-        return
-    fs, path = _fs(str(location))
-    with _errors(str(location)), contextlib.suppress(FileNotFoundError):
-        fs.rm_file(path)
+def read_folder(folder: Location) -> dict[str, bytes]:
+    """Name -> content of every file directly in `folder` (temp files left out); an object store's are fetched
+    concurrently, not one request after another."""
+    names = sorted(list_sizes(folder))
+    if not is_url(folder):
+        return {n: (Path(folder) / n).read_bytes() for n in names}
+    fs, path = _fs(str(folder))
+    with _errors(str(folder)):
+        found = fs.cat([f"{path}/{n}" for n in names]) if names else {}
+    return {name(key): data for key, data in sorted(found.items())}
 
 
 def sha256(location: Location) -> str:
@@ -275,13 +271,13 @@ def sha256(location: Location) -> str:
 
 
 @contextlib.contextmanager
-def local_copy(location: Location, suffix: str = "") -> Iterator[Path]:
+def local_copy(location: Location) -> Iterator[Path]:
     """A local path holding the file at `location`: the file itself when local, a temporary download otherwise."""
     if not is_url(location):
         yield Path(location)
         return
     with tempfile.TemporaryDirectory(prefix="narrator-") as folder:
-        local = Path(folder) / (name(location) + suffix)
+        local = Path(folder) / name(location)
         download(location, local)
         yield local
 
