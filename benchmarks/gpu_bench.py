@@ -92,7 +92,7 @@ def train_run(tokens: Path, out: Path, config: str, overrides: list[str], steps:
     import numpy as np
     import torch
 
-    from narrator.trainer.estimate import load_train_config
+    from narrator.trainer.estimate import load_train_config, workload_from_config
     from narrator.trainer.run import train
 
     cfg = load_train_config(str(REPO / config), [f"data.manifest={tokens}", f"out={out}", f"max_steps={steps}",
@@ -105,9 +105,8 @@ def train_run(tokens: Path, out: Path, config: str, overrides: list[str], steps:
     wall = time.perf_counter() - t0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in records if 2 < r["step"] < steps]  # past start-up and the first CPU steps
-    gpt = cfg.model.gpt_config(4 * 1024 + 1)
-    L, d, T = gpt.n_layer, gpt.n_embd, gpt.block_size
-    n_params = 12 * L * d * d + (gpt.vocab_size + T) * d
+    w = workload_from_config(cfg)  # vocab 4097, as the synthetic tokens
+    L, d, T, n_params = w.n_layer, w.n_embd, w.block_size, w.params
     rate = float(np.mean(rates)) if rates else float("nan")
     return {"peak_bytes": torch.cuda.max_memory_allocated(), "reserved_bytes": torch.cuda.max_memory_reserved(),
             "host_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "tokens_per_s": rate,
