@@ -1,11 +1,17 @@
 """model.activation_checkpointing: the same loss and gradients as keeping activations, with fewer kept."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from narrator.config import from_dict
+from narrator.trainer import run
+from narrator.trainer.checkpoint import latest_checkpoint, read_state
 from narrator.trainer.config import ModelConfig
 from narrator.trainer.model import GPT, PRESETS, GPTConfig
+
+TINY = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny.yaml"
 
 
 def model(activation_checkpointing: bool, dropout: float = 0.0) -> GPT:
@@ -78,3 +84,13 @@ def test_bf16_autocast_on_cpu_trains_with_an_fp32_loss():
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
     assert all(p.grad.dtype == torch.float32 and p.grad.isfinite().all() for p in gpt.parameters())
     assert loss.item() == pytest.approx(loss32.item(), rel=1e-2)
+
+
+def test_a_run_resumes_with_checkpointing_switched_on(token_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--config", str(TINY), "--set", f"data.manifest={token_folder}", "--set", f"out={out}",
+            "--set", "checkpoint_every=2", "--set", "eval_every=2"]
+    assert run.main(argv + ["--set", "max_steps=2"]) == 0
+    assert run.main(argv + ["--set", "max_steps=4", "--set", "model.activation_checkpointing=true"]) == 0
+    assert f"resumed from {out / 'checkpoints' / 'step_0000002'} at step 2" in capsys.readouterr().out
+    assert read_state(latest_checkpoint(out)).step == 4
