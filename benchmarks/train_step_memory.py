@@ -11,6 +11,7 @@ flat 4-codebook vocabulary (4097). Peak is torch.cuda.max_memory_allocated over 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 import torch
@@ -51,9 +52,6 @@ def measure(name: str, sizes: dict, block: int, batch: int, checkpointing: bool,
         speed = f"{batch * block / wall:,.0f}"
     except torch.OutOfMemoryError:
         peak, speed = "out of memory", "-"
-    finally:
-        del model, optimizer
-        torch.cuda.empty_cache()
     params = 12 * sizes["n_layer"] * sizes["n_embd"] ** 2 + (4097 + block) * sizes["n_embd"]
     return (f"| {name} (~{params / 1e6:.0f} M) | {block} | {batch} | {'on' if checkpointing else 'off'} | {peak} | "
             f"{speed} |")
@@ -72,10 +70,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for spec in args.models.split(","):
         name, n_layer, n_head, n_embd = spec.split(":")
-        sizes = dict(n_layer=int(n_layer), n_head=int(n_head), n_embd=int(n_embd))
+        sizes = {"n_layer": int(n_layer), "n_head": int(n_head), "n_embd": int(n_embd)}
         for batch in (int(b) for b in args.batches.split(",")):
             for checkpointing in (False, True):
                 print(measure(name, sizes, args.block_size, batch, checkpointing, args.steps), flush=True)
+                gc.collect()  # the last model and optimizer state gone before the next peak is measured
+                torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
