@@ -19,7 +19,8 @@ import torch
 from narrator.trainer.model import GPT, PRESETS, GPTConfig
 
 
-def timed_generate(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool, top_k: int) -> tuple[float, torch.Tensor]:
+def timed_generate(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool,
+                   top_k: int) -> tuple[float, torch.Tensor]:
     """Wall seconds of one generate call (the device synchronised) and its tokens."""
     generator = torch.Generator(device=prompt.device).manual_seed(0)
     if prompt.device.type == "cuda":
@@ -33,16 +34,19 @@ def timed_generate(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache:
 
 def measure(preset: str, args: argparse.Namespace, device: torch.device) -> str:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=args.block_size, vocab_size=4097, dropout=0.0, **PRESETS[preset])).to(device).eval()
-    prompt = torch.randint(0, 4096, (args.batch, args.prompt_tokens), generator=torch.Generator().manual_seed(1)).to(device)
+    model = GPT(GPTConfig(block_size=args.block_size, vocab_size=4097, dropout=0.0, **PRESETS[preset]))
+    model = model.to(device).eval()
+    prompt = torch.randint(0, 4096, (args.batch, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
+    prompt = prompt.to(device)
     timed_generate(model, prompt, min(args.new_tokens, 16), True, args.top_k)  # warm-up: kernels, allocator
     timed_generate(model, prompt, min(args.new_tokens, 16), False, args.top_k)
     cached, cached_out = timed_generate(model, prompt, args.new_tokens, True, args.top_k)
     full, full_out = timed_generate(model, prompt, args.new_tokens, False, args.top_k)
     new = args.batch * args.new_tokens
     same = "yes" if torch.equal(cached_out, full_out) else "no"
-    return (f"| {preset} ({model.num_params() / 1e6:.1f} M) | {args.block_size} | {args.batch} | {args.prompt_tokens} + "
-            f"{args.new_tokens} | {new / full:,.0f} | {new / cached:,.0f} | {full / cached:.1f}x | {same} |")
+    return (f"| {preset} ({model.num_params() / 1e6:.1f} M) | {args.block_size} | {args.batch} | "
+            f"{args.prompt_tokens} + {args.new_tokens} | {new / full:,.0f} | {new / cached:,.0f} | "
+            f"{full / cached:.1f}x | {same} |")
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ TINY = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny.yaml
 
 def model(activation_checkpointing: bool, dropout: float = 0.0) -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=32, vocab_size=64, dropout=dropout, activation_checkpointing=activation_checkpointing,
-                         **PRESETS["tiny"]))
+    return GPT(GPTConfig(block_size=32, vocab_size=64, dropout=dropout,
+                         activation_checkpointing=activation_checkpointing, **PRESETS["tiny"]))
 
 
 def step(gpt: GPT, seed: int = 3) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

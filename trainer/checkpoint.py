@@ -153,7 +153,8 @@ def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTCon
                             f"read with this data config gives {separator_token}; train into a new out folder")
     saved = _read(path / "model_config.json", GPTConfig)
     # Dropout and activation checkpointing may change between runs: the weights are the same.
-    wanted = {**asdict(model_config), "dropout": saved.dropout, "activation_checkpointing": saved.activation_checkpointing}
+    wanted = {**asdict(model_config), "dropout": saved.dropout,
+              "activation_checkpointing": saved.activation_checkpointing}
     if asdict(saved) != wanted:
         diff = ", ".join(f"{k} {v} != {wanted[k]}" for k, v in asdict(saved).items() if v != wanted[k])
         raise NarratorError(f"{path}: checkpoint model differs from the configured one ({diff})")

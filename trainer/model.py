@@ -188,7 +188,7 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True, align: int = 1) -> torch.Tensor:
-        """Append `max_new_tokens` sampled tokens to idx [B, T], each seeing at most block_size tokens (`context_start`).
+        """Append `max_new_tokens` sampled tokens to idx [B, T], each seeing at most block_size (`context_start`).
 
         temperature 0 picks the most likely token; top_k keeps only the k most likely before sampling.
         With `use_cache` every layer keeps its keys and values, so a new token costs one position, not
