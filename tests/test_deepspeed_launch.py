@@ -73,8 +73,10 @@ def test_zero3_killed_mid_run_resumes_and_its_consolidated_weights_generate_a_wa
     tokens, book = speech_tokens
     out, sample = tmp_path / "run", tmp_path / "sample.wav"
     command = launch_command("deepspeed_zero3.yaml", tokens, out, "max_steps=1000", "cpu=false")
-    launcher = subprocess.Popen(command, cwd=REPO, env={**os.environ, **DEEPSPEED_ENV}, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "killed.log"  # a file, not a pipe nobody reads while it trains
+    with open(log, "w") as printing:
+        launcher = subprocess.Popen(command, cwd=REPO, env={**os.environ, **DEEPSPEED_ENV}, start_new_session=True,
+                                    stdout=printing, stderr=subprocess.STDOUT)
     try:  # killed while it trains: a step logged after the first complete checkpoint
         deadline = time.monotonic() + 300
         while launcher.poll() is None and time.monotonic() < deadline:
@@ -84,7 +86,7 @@ def test_zero3_killed_mid_run_resumes_and_its_consolidated_weights_generate_a_wa
             time.sleep(0.1)
     finally:
         kill_job(launcher)
-    printed = launcher.stdout.read()
+    printed = log.read_text()
     assert launcher.returncode == -signal.SIGKILL, printed[-3000:]
     assert "rank 0/2: device cpu, DEEPSPEED" in printed and "rank 1/2: device cpu, DEEPSPEED" in printed
     killed = latest_checkpoint(out)  # the newest complete one; a save cut short leaves only a .tmp folder
