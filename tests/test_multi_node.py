@@ -65,6 +65,9 @@ def test_two_machines_on_one_host_train_together_on_disjoint_shards(token_folder
     for rank, text in enumerate(printed):  # one process per machine: its rank is the machine rank
         assert f"rank {rank}/2: device cpu" in text and "MULTI_CPU" in text
     assert "done: 3 steps" in printed[0]  # rank 0 reports for both
+    faults = [line for text in printed for line in text.splitlines()
+              if any(word in line for word in ("Traceback", "Error", "error", "Warning", "WARNING"))]
+    assert not faults, faults  # a clean run
     state = read_state(latest_checkpoint(out))
     assert (state.step, state.world_size, state.tokens_seen) == (3, 2, 3 * 2 * 4 * 64)
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
