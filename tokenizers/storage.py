@@ -117,8 +117,10 @@ def storage_error(url: str, e: BaseException) -> BaseException:
     module = type(e).__module__.split(".")[0]
     text = str(e).splitlines()[0] if str(e) else kind
     if kind == "NoCredentialsError" or "credentials" in text.lower() and module in ("botocore", "google"):
-        return NarratorError(f"{url}: no credentials for {scheme(url)}:// (set AWS_ACCESS_KEY_ID and "
-                             "AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a server other than AWS)")
+        hint = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a server other than AWS"
+                if scheme(url) == "s3" else "set GOOGLE_APPLICATION_CREDENTIALS" if scheme(url) == "gs"
+                else "see the credential settings of its fsspec filesystem")
+        return NarratorError(f"{url}: no credentials for {scheme(url)}:// ({hint})")
     if isinstance(e, FileNotFoundError):
         if "bucket" in text.lower():
             return NarratorError(f"{url}: bucket {_bucket(_fs(url)[1])!r} does not exist")
