@@ -12,7 +12,7 @@ from narrator.trainer.model import PRESETS, GPTConfig
 
 @dataclass
 class ModelConfig:
-    preset: str = "demo"  # one of model.PRESETS: tiny, demo, small, base, medium
+    preset: str = "demo"  # one of model.PRESETS: tiny, demo, small, base, medium, large, xl
     n_layer: int | None = None  # None: the preset's value
     n_head: int | None = None
     n_embd: int | None = None

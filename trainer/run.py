@@ -103,6 +103,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
 
     # Model, optimizer, schedule; then the checkpoint, if resuming (it is checked against the data first).
     model = GPT(model_config)
+    n_params = model.num_params()  # counted before prepare(): ZeRO-3 leaves each rank a shard
     optimizer = build_optimizer(model, cfg.optim, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainerState(step=0, tokens_seen=0, world_size=world, config_hash=config_hash(cfg),
@@ -121,7 +122,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     if main_process:
         save_config(cfg, out / "config.yaml")
         (out / "streams.json").write_text(json.dumps(to_dict(streams), indent=1) + "\n")
-        print(f"model: {cfg.model.preset} preset, {accelerator.unwrap_model(model).num_params() / 1e6:.2f} M parameters, "
+        print(f"model: {cfg.model.preset} preset, {n_params / 1e6:.2f} M parameters, "
               f"vocab {model_config.vocab_size}, block {model_config.block_size}; "
               f"{sum(m.total_tokens for m, _ in folders):,} tokens in {sum(len(m.books) for m, _ in folders)} books"
               f"{f' of {len(folders)} token folders' if len(folders) > 1 else ''}; "
