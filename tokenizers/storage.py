@@ -12,9 +12,11 @@ DataLoader workers get them the same way; every storage fault is one NarratorErr
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -183,13 +185,49 @@ def read_text(location: Location) -> str:
     return read_bytes(location).decode() if is_url(location) else Path(location).read_text()
 
 
+# Write faults that freeing space (or raising a limit) cures: the user is told which, never shown a traceback.
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def write_fault(e: BaseException, path: Location) -> str | None:
+    """Why writing `path` failed when the disk is full or a file-size limit was hit ("No space left on device",
+    "File too large"); None for any other fault, which stays the exception it is."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL:
+            return os.strerror(seen.errno)
+        code = re.search(r"os error (\d+)", str(seen))  # safetensors' Rust writer: "File too large (os error 27)"
+        if code and int(code[1]) in DISK_FULL:
+            return os.strerror(int(code[1]))
+        seen = seen.__cause__ or seen.__context__
+    if is_url(path) or not isinstance(e, (OSError, RuntimeError)):
+        return None
+    # torch.save's C++ writer drops errno ("unexpected pos 576 vs 534"): ask the filesystem and the limits.
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if shutil.disk_usage(folder).free < (1 << 20):
+        return os.strerror(errno.ENOSPC)
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY:
+        return f"{os.strerror(errno.EFBIG)} (file-size limit {limit:,} bytes)"
+    return None
+
+
 def write_bytes(location: Location, data: bytes) -> None:
     """Write `data` to `location` atomically (parent folders made as needed)."""
     if not is_url(location):
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + TEMP_SUFFIX)
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            reason = write_fault(e, tmp)
+            if reason is None:
+                raise
+            raise NarratorError(f"{path}: cannot write ({reason}); free space and rerun") from None
         os.replace(tmp, path)
         return
     fs, path = _fs(str(location))

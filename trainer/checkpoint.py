@@ -75,7 +75,12 @@ def checkpoint_dir(out: Path, step: int) -> Path:
 
 
 def list_checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints in OUT, oldest first (a killed save leaves only a .tmp folder, never listed)."""
+    """Complete checkpoints in OUT, oldest first.
+
+    Complete means renamed: a checkpoint is written as step_X.tmp and renamed to step_X only after
+    every file of every process is in it, and it is renamed to step_X.old before it is deleted. So a
+    save or a deletion killed at any moment leaves no step_X folder that is not whole.
+    """
     root = Path(out) / CHECKPOINTS
     found = [p for p in root.iterdir() if _STEP_DIR.fullmatch(p.name) and (p / STATE_NAME).is_file()] if root.is_dir() else []
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
@@ -91,35 +96,61 @@ def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path,
     """Save the full training state plus inference files; every process must call this.
 
     The main process renames step_X.tmp to step_X once all processes wrote their part, then keeps
-    only the newest `keep` checkpoints.
+    only the newest `keep` checkpoints. A full disk (or a file-size limit) stops the run with one
+    NarratorError that names the file, after removing the partial step_X.tmp.
     """
     final = checkpoint_dir(out, state.step)
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
-        for stale in final.parent.glob("step_*.tmp"):  # left behind by a killed save
-            shutil.rmtree(stale)
+        _remove_incomplete(final.parent)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "accelerate"))
-    weights = accelerator.get_state_dict(model)  # collective under DeepSpeed ZeRO-3
-    # Every process writes its own files (RNG states, DeepSpeed's optimizer partitions): rename only
-    # once all are written. A slower rank (ZeRO-2 offload) otherwise wrote into a renamed folder.
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp / "accelerate"))
+        weights = accelerator.get_state_dict(model)  # collective under DeepSpeed ZeRO-3
+        # Every process writes its own files (RNG states, DeepSpeed's optimizer partitions): rename only
+        # once all are written. A slower rank (ZeRO-2 offload) otherwise wrote into a renamed folder.
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            weights = {k: v.detach().cpu().contiguous() for k, v in weights.items() if k not in TIED}
+            save_file(weights, str(tmp / "model.safetensors"))
+            _write_json(tmp / "model_config.json", asdict(accelerator.unwrap_model(model).config))
+            _write_json(tmp / STATE_NAME, asdict(state))
+            _write_json(tmp / STREAMS_NAME, to_dict(streams))
+            save_config(train_config, tmp / "config.yaml")
+            for file in files:
+                _link_or_copy(file, tmp / storage.name(file))
+    except Exception as e:  # torch, safetensors and yaml each report a full disk their own way
+        reason = storage.write_fault(e, tmp)
+        if reason is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_checkpoint(out)
+        kept = f"the last complete checkpoint {kept} is kept" if kept else "no earlier checkpoint exists"
+        raise NarratorError(f"{tmp}: cannot write the checkpoint ({reason}); removed it, {kept}; "
+                            "free space and rerun the same command to resume") from None
     if accelerator.is_main_process:
-        weights = {k: v.detach().cpu().contiguous() for k, v in weights.items() if k not in TIED}
-        save_file(weights, str(tmp / "model.safetensors"))
-        _write_json(tmp / "model_config.json", asdict(accelerator.unwrap_model(model).config))
-        _write_json(tmp / STATE_NAME, asdict(state))
-        _write_json(tmp / STREAMS_NAME, to_dict(streams))
-        save_config(train_config, tmp / "config.yaml")
-        for file in files:
-            _link_or_copy(file, tmp / storage.name(file))
         if final.exists():  # the same step saved again (a resumed run stopped at once)
-            shutil.rmtree(final)
+            _delete(final)
         os.replace(tmp, final)
         for old in list_checkpoints(out)[:-keep]:
-            shutil.rmtree(old)
+            _delete(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _delete(checkpoint: Path) -> None:
+    """Remove a checkpoint so that a kill midway leaves no partial step_X: renamed first, then deleted."""
+    trash = checkpoint.with_name(checkpoint.name + ".old")
+    os.replace(checkpoint, trash)
+    shutil.rmtree(trash)
+
+
+def _remove_incomplete(folder: Path) -> None:
+    """Delete what a killed save or deletion left behind (step_X.tmp, step_X.old), saying so once per folder."""
+    for stale in sorted(folder.glob("step_*.tmp")) + sorted(folder.glob("step_*.old")):
+        what = "an incomplete checkpoint of a killed save" if stale.suffix == ".tmp" else "a half-deleted checkpoint"
+        print(f"removed {stale}: {what} (never loaded)", flush=True)
+        shutil.rmtree(stale)
 
 
 def layout_name(name: str) -> str:
@@ -145,19 +176,19 @@ def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTCon
         raise NarratorError(f"{path}: checkpoint was trained on tokens with tokenizer config_hash "
                             f"{state.tokenizer_config_hash}, but {manifest_path} has {tokenizer_config_hash}; "
                             "train into a new out folder")
+    saved = _read(path / "model_config.json", GPTConfig)
+    # Dropout and activation checkpointing may change between runs: the weights are the same.
+    wanted = {**asdict(model_config), "dropout": saved.dropout,
+              "activation_checkpointing": saved.activation_checkpointing}
+    if asdict(saved) != wanted:  # before the special tokens: another vocabulary moves them too
+        diff = ", ".join(f"{k} {v} != {wanted[k]}" for k, v in asdict(saved).items() if v != wanted[k])
+        raise NarratorError(f"{path}: checkpoint model differs from the one configured for {manifest_path} ({diff})")
     if state.boundary_token != boundary_token:
         raise NarratorError(f"{path}: checkpoint marks recording boundaries with token {state.boundary_token}, but "
                             f"{manifest_path} read with this data config gives {boundary_token}; train into a new out folder")
     if state.separator_token != separator_token:
         raise NarratorError(f"{path}: checkpoint's separator token is {state.separator_token}, but {manifest_path} "
                             f"read with this data config gives {separator_token}; train into a new out folder")
-    saved = _read(path / "model_config.json", GPTConfig)
-    # Dropout and activation checkpointing may change between runs: the weights are the same.
-    wanted = {**asdict(model_config), "dropout": saved.dropout,
-              "activation_checkpointing": saved.activation_checkpointing}
-    if asdict(saved) != wanted:
-        diff = ", ".join(f"{k} {v} != {wanted[k]}" for k, v in asdict(saved).items() if v != wanted[k])
-        raise NarratorError(f"{path}: checkpoint model differs from the configured one ({diff})")
     accelerator.load_state(str(path / "accelerate"))
     return state
 

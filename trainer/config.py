@@ -43,10 +43,13 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     fused: bool | Literal["auto"] = "auto"  # true: AdamW's fused kernel; false: foreach; auto: fused on CUDA only
+    skip_nonfinite: int = 0  # updates with a non-finite loss or gradient norm skipped (each logged) before a stop
 
     def __post_init__(self) -> None:
         if len(self.betas) != 2:
             raise ConfigError(f"'optim.betas': expected two values, got {self.betas}")
+        if self.skip_nonfinite < 0:
+            raise ConfigError(f"'optim.skip_nonfinite': {self.skip_nonfinite} must be >= 0")
 
 
 @dataclass

@@ -25,6 +25,7 @@ class StepMetrics:
     val_loss_per_stream: dict[str, float] | None = None  # per token stream the layout reads
     val_loss_per_codebook: list[float] | None = None  # flat layout only: codebook 0 (coarsest) first
     epoch_coverage: list[dict] | None = None  # epochs finished since the last record: {epoch, tokens, covered, share}
+    skipped_nonfinite: int | None = None  # updates skipped for a non-finite loss since the last record
 
 
 def tracker_backend() -> str | None:

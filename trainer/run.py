@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.resume = args.resume
         return train(cfg)
     except NarratorError as e:
-        print(f"narrator train: error: {e}", file=sys.stderr)
+        tqdm.write(f"narrator train: error: {e}", file=sys.stderr)  # below a progress bar, not glued to it
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C: stop without saving
         print("narrator train: interrupted; the last saved checkpoint is kept", file=sys.stderr)
@@ -146,18 +146,28 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     coverage = CoverageLog(max(1, cfg.data.num_workers), block, rank if world > 1 else None,
                            [s.manifest for s in cfg.data.sources] if len(folders) > 1 else None)
     val_loss = None
+    skipped = unlogged_skips = 0  # updates skipped for a non-finite loss (optim.skip_nonfinite); not yet logged
     with StopSignal() as stop:
         batches = coverage.strip(train_loader)
         while state.step < cfg.max_steps:
             lr = optimizer.param_groups[0]["lr"]
             t0 = time.perf_counter()
-            loss = train_step(accelerator, model, optimizer, scheduler, batches, cfg)
+            loss, stepped = train_step(accelerator, model, optimizer, scheduler, batches, cfg)
+            if not stepped:  # a non-finite loss or gradient norm: nothing was updated
+                skipped += 1
+                if skipped > cfg.optim.skip_nonfinite:
+                    raise NarratorError(f"non-finite loss ({loss}) at step {state.step + 1}: training diverged (lower "
+                                        f"optim.lr, check the data); last good checkpoint: {last_checkpoint or 'none'}"
+                                        + (f" ({skipped - 1} non-finite steps skipped before, optim.skip_nonfinite "
+                                           f"{cfg.optim.skip_nonfinite})" if cfg.optim.skip_nonfinite else ""))
+                unlogged_skips += 1
+                if main_process:
+                    progress.write(f"step {state.step + 1}: non-finite loss ({loss}) or gradient norm; skipped the "
+                                   f"update ({skipped} of optim.skip_nonfinite {cfg.optim.skip_nonfinite})")
+                continue
             window.add(loss, tokens_per_step, time.perf_counter() - t0)
             state.step += 1
             state.tokens_seen += tokens_per_step
-            if not math.isfinite(loss):
-                raise NarratorError(f"non-finite loss ({loss}) at step {state.step}: training diverged (lower optim.lr, "
-                                    f"check the data); last good checkpoint: {last_checkpoint or 'none'}")
             final = state.step == cfg.max_steps
             val = (evaluate(accelerator, model, val_batches, layout)
                    if final or state.step % cfg.eval_every == 0 else None)
@@ -167,7 +177,9 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
                 if main_process:
                     progress.write(line)
             if final or val is not None or state.step % cfg.log_every == 0:
-                metrics.log(window.record(state.step, lr, val, coverage.records(), layout))
+                record = window.record(state.step, lr, val, coverage.records(), layout)
+                record.skipped_nonfinite, unlogged_skips = unlogged_skips or None, 0
+                metrics.log(record)
             if state.step % cfg.plot_every == 0:
                 metrics.plot()
             stopping = stop.agreed(accelerator)
@@ -216,6 +228,9 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
         raise ConfigError(f"the accelerate config sets gradient_accumulation_steps={accelerator.gradient_accumulation_steps} "
                           f"but the training config has grad_accum={cfg.grad_accum}; remove it from the accelerate config")
     plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and cfg.optim.skip_nonfinite:
+        raise ConfigError("optim.skip_nonfinite cannot be used under DeepSpeed: its engine steps the optimizer inside "
+                          "backward, before the loss can be checked; set it to 0")
     if plugin is not None:  # the training config, not the launcher's file, sets these
         ds = plugin.deepspeed_config
         ds.update(deepspeed_batch(ds, cfg, accelerator.num_processes))
@@ -305,22 +320,28 @@ def resume_point(cfg: TrainConfig, out: Path) -> Path | None:
 
 
 def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler, batches: Iterator, cfg: TrainConfig) -> float:
-    """One optimizer step over grad_accum micro-batches; returns the loss averaged over them and all processes."""
+               scheduler, batches: Iterator, cfg: TrainConfig) -> tuple[float, bool]:
+    """One optimizer step over grad_accum micro-batches: the loss averaged over them and all processes, and
+    whether the update was made. A non-finite loss or gradient norm (both reduced, so every process agrees)
+    steps neither the optimizer nor the schedule; its gradients are dropped."""
     losses = []
     for _ in range(cfg.grad_accum):
         x, y = (t.to(accelerator.device, non_blocking=True) for t in next(batches))
         with accelerator.accumulate(model):
             _, loss = model(x, y)
             accelerator.backward(loss)
+            losses.append(loss.detach())
             if accelerator.sync_gradients:
-                if cfg.optim.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()  # not prepared by Accelerate: stepped here, once per optimizer step
+                mean = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
+                finite = math.isfinite(mean)
+                if finite and cfg.optim.grad_clip > 0:
+                    norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                    finite = norm is None or math.isfinite(float(norm))  # None: DeepSpeed clips in its own step
+                if finite:
+                    optimizer.step()
+                    scheduler.step()  # not prepared by Accelerate: stepped here, once per optimizer step
                 optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-    return accelerator.reduce(torch.stack(losses).mean(), "mean").item()
+    return mean, finite
 
 
 @torch.no_grad()
