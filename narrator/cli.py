@@ -2,7 +2,8 @@
 
 Each subcommand owns a typed config dataclass. Its own flags (`--out`, `--minutes`, ...) are
 shorthands for config keys; `--config FILE` and `--set dotted.key=value` reach every key. A
-NarratorError is printed as one line and exits with status 1.
+NarratorError is printed as one line and exits with status 1 (tokenize: 2 when some books were
+skipped; inspect --verify: 3 when some file fails its checksum).
 """
 
 from __future__ import annotations
@@ -45,11 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="audio files or URLs, or catalogs: .jsonl / .csv with columns id, audio "
                    "(path relative to the catalog, absolute, or URL), optional reader, licence, ...; .txt: one audio path per line")
     p.add_argument("--out", required=True, help="output folder or URL, e.g. s3://bucket/tokens (shards/, manifest.json)")
+    p.add_argument("--allow-outside-root", dest="allow_outside_root", action="store_true",
+                   help="read catalog rows whose audio lies outside the catalog's folder (absolute, '..' or symlinked paths)")
     _common(p)
 
     p = sub.add_parser("inspect", help="summarize a token folder: books, chunks, shards, tokens, splits, weights")
     p.add_argument("tokens", help="folder or URL holding manifest.json (or the manifest itself)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="read every shard (and weights / k-means file) and compare its size and sha256 with the manifest; "
+                   "names each bad file and exits with status 3")
     _common(p)  # a training config: its data.val_center / data.val_fraction set the split shown
 
     p = sub.add_parser("kmeans-report", help="compare Whisper layers and k-means sizes on some audio, to choose the semantic tokens")
@@ -57,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="-1", help="encoder layers, comma-separated (-1: final output; 0..n-1: blocks)")
     p.add_argument("--k", default="256,1024", help="k-means sizes, comma-separated")
     p.add_argument("--seconds", type=float, default=600.0, help="audio to read, at most (default 600)")
+    p.add_argument("--allow-outside-root", dest="allow_outside_root", action="store_true",
+                   help="read catalog rows whose audio lies outside the catalog's folder")
     _common(p)  # a tokenize config: its whisper and kmeans sections
 
     p = sub.add_parser("train", help="train the GPT (same as `python trainer/run.py`)")
@@ -125,7 +133,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         from narrator.tokenizers.pipeline import tokenize
 
         cfg = load_config(TokenizeConfig, args.config, args.overrides)
-        report = tokenize(cfg, args.out, args.inputs)
+        report = tokenize(cfg, args.out, args.inputs, allow_outside_root=args.allow_outside_root)
         return 0 if not report.failed else 2
     elif args.command == "kmeans-report":
         from narrator.tokenizers.config import TokenizeConfig
@@ -134,7 +142,16 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         cfg = load_config(TokenizeConfig, args.config, args.overrides)
         layers, ks = (_int_list(args.layers, "--layers"), _int_list(args.k, "--k"))
-        print(kmeans_report(cfg, [b.source for b in resolve_inputs(args.inputs)], layers, ks, args.seconds))
+        books = resolve_inputs(args.inputs, allow_outside_root=args.allow_outside_root)
+        print(kmeans_report(cfg, [b.source for b in books], layers, ks, args.seconds))
+    elif args.command == "inspect" and args.verify:
+        from narrator.tokenizers.inspect import VERIFY_FAILED, verify_tokens
+
+        bad, summary = verify_tokens(args.tokens).lines()
+        for line in bad:
+            print(line, file=sys.stderr)
+        print(summary, file=sys.stderr if bad else sys.stdout)
+        return VERIFY_FAILED if bad else 0
     elif args.command == "inspect":
         from narrator.tokenizers.inspect import inspect_tokens
         from narrator.trainer.config import TrainConfig

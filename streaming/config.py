@@ -34,6 +34,9 @@ class DataConfig:
     long_book_seconds: float = 60.0  # shorter recordings are held out whole (by a hash of their id), not cut
     shuffle_buffer: int = 256  # training windows held for shuffling
     num_workers: int = 1  # DataLoader workers per process
+    # Read manifest entries (shards, weights, k-means files) that lie outside their token folder: absolute
+    # paths, '..' paths, symlinks pointing out, http(s) URLs. Off: a manifest from elsewhere reads only its folder.
+    allow_outside_root: bool = False
     seed: int = 1337
 
     @property

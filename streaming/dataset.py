@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, NoReturn
+from typing import IO, Literal, NamedTuple, NoReturn
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import gopen
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
@@ -97,11 +100,13 @@ def open_sources(cfg: DataConfig, folders: Sequence[tuple[Manifest, Path]]) -> l
     return shards
 
 
-def shard_urls(manifest: Manifest, manifest_dir: Path | storage.URL, stream: str) -> list[str]:
+def shard_urls(manifest: Manifest, manifest_dir: Path | storage.URL, stream: str,
+               allow_outside_root: bool = False) -> list[str]:
     """One stream's shards, in plan order, as paths or URLs to open, refusing missing, truncated or unsafe ones.
 
-    Shards in the token folder (local, or at its URL: one listing per shard folder) are checked
-    against the manifest's byte counts here; http(s) shards a manifest names only when read.
+    A shard's path must be a name inside the token folder (`storage.escape`), unless `allow_outside_root`:
+    then absolute paths and http(s) URLs are read too. Shards in the token folder (local, or at its URL:
+    one listing per shard folder) are checked against the manifest's byte counts here; http(s) shards only when read.
     """
     folder = storage.root(manifest_dir)
     where = folder / MANIFEST_NAME
@@ -121,12 +126,16 @@ def shard_urls(manifest: Manifest, manifest_dir: Path | storage.URL, stream: str
         if entry.path.startswith("pipe:"):
             raise NarratorError(f"{where}: shard {entry.path!r} is a pipe: URL; "
                                 "narrator never runs commands a manifest names")
+        if scheme not in ("", "file", *REMOTE_SCHEMES):
+            raise NarratorError(f"{where}: shard {entry.path!r} has an unsupported URL scheme {scheme!r} "
+                                "(local paths and http(s) only)")
+        outside = storage.escape(folder, entry.path)
+        if outside and not allow_outside_root:
+            raise NarratorError(outside_root_error(where, f"shard {shard.index}'s {stream} file", entry.path, outside,
+                                                   folder))
         if scheme in REMOTE_SCHEMES:
             urls.append(entry.path)
             continue
-        if scheme not in ("", "file"):
-            raise NarratorError(f"{where}: shard {entry.path!r} has an unsupported URL scheme {scheme!r} "
-                                "(local paths and http(s) only)")
         path = folder / (urlparse(entry.path).path if scheme == "file" else entry.path)
         if storage.is_url(path):
             if path.parent not in listings:
@@ -147,6 +156,12 @@ def shard_urls(manifest: Manifest, manifest_dir: Path | storage.URL, stream: str
                                 "(truncated or rewritten; re-run tokenize)")
         urls.append(str(path.resolve()))
     return urls
+
+
+def outside_root_error(where: str | Path, what: str, rel: str, why: str, folder: Path | storage.URL) -> str:
+    """The one line refusing a manifest entry that lies outside its token folder."""
+    return (f"{where}: {what} {rel!r} lies outside the token folder {folder} ({why}); "
+            "--set data.allow_outside_root=true reads it anyway")
 
 
 @dataclass
@@ -193,7 +208,16 @@ class _Piece:
     tokens: np.ndarray
 
 
-ShardFiles = dict[str, str]  # one planned shard: stream -> its tar's path or URL, the reference stream first
+class ShardSource(NamedTuple):
+    """One stream's tar of one planned shard, as the loader opens it and the manifest identifies it."""
+
+    url: str  # path or URL to open
+    sha256: str  # what reading it to the end must hash to
+    bytes: int
+    folder: str  # its token folder, for messages
+
+
+ShardFiles = dict[str, ShardSource]  # one planned shard: stream -> its tar, the reference stream first
 
 
 @dataclass
@@ -214,10 +238,17 @@ class TokenShards:
         layout, _ = data_vocab(cfg, manifest, where)
         # The reference stream's frames say how many slots a chunk has; the others must agree.
         order = sorted(layout.streams, key=lambda s: s != (ACOUSTIC if ACOUSTIC in layout.streams else layout.streams[0]))
-        per_stream = {s: shard_urls(manifest, manifest_dir, s) for s in order}
+        per_stream = {s: shard_urls(manifest, manifest_dir, s, cfg.allow_outside_root) for s in order}
+        for stream in order:  # files beside the shards (random weights, k-means) that checkpoints copy
+            for rel in manifest.stream(stream, where).files():
+                outside = storage.escape(manifest_dir, rel)
+                if outside and not cfg.allow_outside_root:
+                    raise NarratorError(outside_root_error(where, f"the {stream} stream's file", rel, outside,
+                                                           storage.root(manifest_dir)))
         return cls(
             where=str(where),
-            urls=[{s: per_stream[s][i] for s in order} for i in range(len(manifest.shards))],
+            urls=[{s: ShardSource(per_stream[s][i], shard.files[s].sha256, shard.files[s].bytes, str(manifest_dir))
+                   for s in order} for i, shard in enumerate(manifest.shards)],
             shard_samples=[s.samples for s in manifest.shards],
             layout=layout,
             val_slots=held_out_slots(manifest.books, cfg),
@@ -334,23 +365,59 @@ def _joined(files: ShardFiles) -> Iterator[dict[str, dict]]:
         if any(sample is None for sample in samples):
             done = [n for n, sample in zip(names, samples) if sample is None]
             more = next((n, sample) for n, sample in zip(names, samples) if sample is not None)
-            raise NarratorError(f"{files[done[0]]}: ends before {files[more[0]]}, which goes on with sample "
+            raise NarratorError(f"{files[done[0]].url}: ends before {files[more[0]].url}, which goes on with sample "
                                 f"{more[1]['__key__']} (the streams' shards must hold the same chunks)")
         keys = [sample["__key__"] for sample in samples]
         for name, sample_key in zip(names[1:], keys[1:]):
             if sample_key != keys[0]:
-                raise NarratorError(f"{files[name]}: sample {sample_key} where {files[names[0]]} has sample {keys[0]} "
-                                    "(the streams' shards must hold the same chunks in the same order)")
+                raise NarratorError(f"{files[name].url}: sample {sample_key} where {files[names[0]].url} has sample "
+                                    f"{keys[0]} (the streams' shards must hold the same chunks in the same order)")
         yield dict(zip(names, samples))
 
 
-def _tar_samples(url: str) -> Iterator[dict]:
-    """The samples of one tar; any read error ends the run with one line naming it.
+def _tar_samples(shard: ShardSource) -> Iterator[dict]:
+    """The samples of one tar, its sha256 checked against the manifest's once it has been read to the end.
 
-    Registers the fsspec opener for the URL's scheme here, in the process that reads (DataLoader workers included).
+    The bytes are hashed as webdataset reads them (no second read), so a shard changed after tokenize
+    is refused when read: after its samples were yielded, before the next shard's. A shard left
+    part-read (a slot's share ends inside it) is not checked. Any read error ends the run with one
+    line naming it. Registers the fsspec opener for the URL's scheme here, in the process that reads
+    (DataLoader workers included).
     """
+    url = shard.url
     storage.register_webdataset_schemes(url)
-    return wds.tarfile_to_samples(handler=functools.partial(_fail, url))(iter([{"url": url}]))
+    handler = functools.partial(_fail, url)
+    try:
+        raw = gopen(url)
+    except Exception as e:  # noqa: BLE001 - gopen's handlers raise OSError, ValueError, botocore errors, ...
+        handler(e)
+    with raw:
+        reader = _HashingReader(raw)
+        files = tar_file_expander(iter([{"url": url, "stream": reader}]), handler=handler)
+        yield from group_by_keys(files, handler=handler)
+        reader.drain()  # tar's end-of-archive blocks and record padding: the hash covers every byte
+    if (reader.sha256.hexdigest(), reader.bytes) != (shard.sha256, shard.bytes):
+        found = reader.sha256.hexdigest()
+        raise NarratorError(f"shard {url}: sha256 mismatch (manifest says {shard.sha256[:12]}..., read {found[:12]}... "
+                            f"in {reader.bytes:,} bytes): the file changed after tokenize; "
+                            f"narrator inspect --verify {shard.folder} lists every bad shard")
+
+
+class _HashingReader:
+    """A read-only byte stream that feeds everything read through it to sha256."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw, self.sha256, self.bytes = raw, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
 
 
 class _Cutter:

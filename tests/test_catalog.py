@@ -29,7 +29,7 @@ def test_jsonl_and_csv_rows_are_books_with_their_ids_sources_and_metadata(tmp_pa
                     {"id": "ch02", "audio": "/data/ch02.flac"},
                     {"id": "remote", "audio": "s3://bucket/books/ch03.mp3", "reader": None})
     (tmp_path / "more.csv").write_text("id,audio,reader,licence\nlj001,../lj/LJ001.wav,Linda Johnson,CC0\n\n")
-    books = resolve_inputs([catalog, str(tmp_path / "more.csv"), str(tmp_path / "x.wav")])
+    books = resolve_inputs([catalog, str(tmp_path / "more.csv"), str(tmp_path / "x.wav")], allow_outside_root=True)
     assert [(b.id, b.source) for b in books] == [
         ("ch01", str(tmp_path / "audio/ch01.mp3")), ("ch02", "/data/ch02.flac"), ("remote", "s3://bucket/books/ch03.mp3"),
         ("lj001", str(tmp_path.parent / "lj/LJ001.wav")), ("x", str(tmp_path / "x.wav"))]

@@ -354,5 +354,7 @@ def test_pipe_and_unknown_urls_are_refused(tmp_path):
     manifest.shards[0].files[ACOUSTIC].path = "s3://bucket/x.tar"
     with pytest.raises(NarratorError, match="unsupported URL scheme"):
         shard_urls(manifest, tmp_path, ACOUSTIC)
-    manifest.shards[0].files[ACOUSTIC].path = "https://example.org/x.tar"  # remote shards pass through, checked when read
-    assert shard_urls(manifest, tmp_path, ACOUSTIC)[0] == "https://example.org/x.tar"
+    manifest.shards[0].files[ACOUSTIC].path = "https://example.org/x.tar"  # allowed remote shards pass, checked when read
+    with pytest.raises(NarratorError, match="lies outside the token folder .* data.allow_outside_root=true"):
+        shard_urls(manifest, tmp_path, ACOUSTIC)
+    assert shard_urls(manifest, tmp_path, ACOUSTIC, allow_outside_root=True)[0] == "https://example.org/x.tar"

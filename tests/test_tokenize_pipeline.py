@@ -228,13 +228,15 @@ def test_catalogs_and_book_ids(tmp_path):
     (tmp_path / "two").mkdir()
     catalog = tmp_path / "books.txt"
     catalog.write_text("# my books\none/chapter 1.mp3\n\ntwo/chapter 1.mp3  # same stem\n/abs/Ünïcode name!.flac\n")
-    books = resolve_inputs([str(catalog), str(tmp_path / "one" / "chapter 1.mp3"), str(tmp_path / "x.wav")])
+    books = resolve_inputs([str(catalog), str(tmp_path / "one" / "chapter 1.mp3"), str(tmp_path / "x.wav")],
+                           allow_outside_root=True)  # the catalog names an absolute path
     assert [b.source for b in books] == [str(tmp_path / "one/chapter 1.mp3"), str(tmp_path / "two/chapter 1.mp3"),
                                          "/abs/Ünïcode name!.flac", str(tmp_path / "x.wav")]
     ids = [b.id for b in books]
     assert ids[0].startswith("chapter_1-") and ids[1].startswith("chapter_1-") and ids[0] != ids[1]
     assert ids[2:] == ["n_code_name", "x"]
-    assert [b.id for b in resolve_inputs([str(tmp_path / "two/chapter 1.mp3"), str(catalog)])][0] == ids[1]  # order-free
+    assert [b.id for b in resolve_inputs([str(tmp_path / "two/chapter 1.mp3"), str(catalog)],
+                                         allow_outside_root=True)][0] == ids[1]  # order-free
     with pytest.raises(NarratorError, match="missing.txt: catalog file not found"):
         resolve_inputs([str(tmp_path / "missing.txt")])
 
@@ -245,7 +247,7 @@ def test_tokenizes_twenty_seconds_of_a_real_recording_with_random_weights(tmp_pa
     catalog = tmp_path / "lj.txt"
     catalog.write_text("".join(f"{folder}/LJ001-{i:04d}.wav\n" for i in (1, 2, 3)))  # 9.7 + 1.9 + 9.7 s
     cfg = config("chunking.chunk_seconds=4.0", "encodec.weights.mode=random", "ray.concurrency=1")
-    report = tokenize(cfg, tmp_path / "tokens", [str(catalog)])
+    report = tokenize(cfg, tmp_path / "tokens", [str(catalog)], allow_outside_root=True)  # absolute paths
     m = Manifest.load(tmp_path / "tokens")
     assert report.added == ["LJ001-0001", "LJ001-0002", "LJ001-0003"] and m.failed == []
     assert [b.chunks for b in m.books] == [3, 1, 3]  # the 1.9 s utterance is one short chunk

@@ -5,6 +5,10 @@ absolute path or a URL such as s3://bucket/key), optional `reader` and `licence`
 columns, all kept with the book in manifest.json (`meta`); or .txt, one audio path per line (#
 comments), the book ids then made from the file names. A catalog may itself be a URL. Catalog ids
 are the book ids, so a catalog with rows added tokenizes only the new rows when rerun.
+
+A catalog's local paths must lie inside its folder (no absolute paths, no '..' out of it, no
+symlinks pointing out) unless the user allows it (`allow_outside_root`, `--allow-outside-root`): a
+catalog from elsewhere must not make the tokenizer read other files of this machine. URLs are allowed.
 """
 
 from __future__ import annotations
@@ -32,20 +36,21 @@ class BookSource:
     meta: dict[str, str] = field(default_factory=dict)  # catalog columns beyond id and audio (reader, licence, ...)
 
 
-def resolve_inputs(inputs: list[str]) -> list[BookSource]:
+def resolve_inputs(inputs: list[str], allow_outside_root: bool = False) -> list[BookSource]:
     """Audio paths or URLs and catalogs -> books in input order, each once. Ids from JSONL/CSV catalogs
-    are checked (safe characters, unique); the others are made from the file name."""
+    are checked (safe characters, unique); the others are made from the file name. Paths in catalogs
+    must stay inside the catalog's folder unless `allow_outside_root`."""
     named: list[BookSource] = []  # from JSONL/CSV rows: their own ids
     unnamed: dict[str, tuple[int, str]] = {}  # source -> (input position, as given): ids made below
     order: list[str | BookSource] = []
     for item in inputs:
         suffix = _suffix(item)
         if suffix in (".jsonl", ".csv"):
-            for book in read_catalog(item):
+            for book in read_catalog(item, allow_outside_root):
                 named.append(book)
                 order.append(book)
         elif suffix == ".txt":
-            for source, given in _read_list(item):
+            for source, given in _read_list(item, allow_outside_root):
                 if source not in unnamed:
                     unnamed[source] = (len(order), given)
                     order.append(source)
@@ -70,7 +75,7 @@ def resolve_inputs(inputs: list[str]) -> list[BookSource]:
     return books
 
 
-def read_catalog(catalog: str) -> list[BookSource]:
+def read_catalog(catalog: str, allow_outside_root: bool = False) -> list[BookSource]:
     """The rows of a JSONL or CSV catalog as books. A malformed row stops with one line naming the
     catalog and the row; a row whose audio is missing is not checked here (tokenize skips it, named)."""
     rows = _rows(catalog)
@@ -89,6 +94,7 @@ def read_catalog(catalog: str) -> list[BookSource]:
         first_row[book_id] = number
         meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in row.items()
                 if k not in REQUIRED and v is not None and v != ""}
+        _check_inside(catalog, where, audio, allow_outside_root)
         books.append(BookSource(book_id, _source(audio, catalog), f"{where} ({audio})", meta))
     return books
 
@@ -121,14 +127,26 @@ def _rows(catalog: str) -> list[tuple[int, dict]]:
     return rows
 
 
-def _read_list(catalog: str) -> list[tuple[str, str]]:
+def _read_list(catalog: str, allow_outside_root: bool = False) -> list[tuple[str, str]]:
     """A .txt catalog: (source, as written) for each path, relative ones resolved against the catalog."""
     entries = []
-    for line in _read(catalog).splitlines():
+    for number, line in enumerate(_read(catalog).splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if line:
+            _check_inside(catalog, f"{catalog} line {number}", line, allow_outside_root)
             entries.append((_source(line, catalog), line if storage.is_url(line) else str(_near(line, catalog))))
     return entries
+
+
+def _check_inside(catalog: str, where: str, audio: str, allow_outside_root: bool) -> None:
+    """Refuse a local audio path that lies outside the catalog's folder, naming the flag that allows it."""
+    if storage.is_url(audio) or allow_outside_root:
+        return
+    folder = storage.parent(storage.root(catalog))
+    outside = storage.escape(folder, audio.removeprefix("file://"))
+    if outside:
+        raise NarratorError(f"{where}: audio {audio!r} lies outside the catalog's folder {folder} ({outside}); "
+                            "narrator tokenize --allow-outside-root reads it anyway")
 
 
 def _read(catalog: str) -> str:

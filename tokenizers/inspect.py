@@ -1,18 +1,26 @@
 """`narrator inspect`: what a token folder holds, from its manifest, plus a check that the shards are intact.
 
 The split shown is the one a training run with the given `data:` settings (DataConfig) would use.
+`--verify` reads every file the manifest lists and compares it with the checksums recorded at tokenize time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from narrator.config import to_dict
+from narrator.config import from_dict, to_dict
+from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.split import held_out_slots
 from narrator.tokenizers import storage
@@ -158,3 +166,137 @@ def _text(s: dict[str, Any]) -> str:
         lines.append(f"PENDING:   {len(s['pending_shards'])} planned shard files are not written yet; rerun `narrator tokenize` "
                      "to complete them")
     return "\n".join(lines)
+
+
+# --- narrator inspect --verify -------------------------------------------------------------------
+
+VERIFY_FAILED = 3  # exit status when a file fails verification (1: the folder could not be read at all)
+
+
+@dataclass
+class FileCheck:
+    """One file the manifest lists, as read back: `problem` is None when it matches the manifest."""
+
+    path: str  # as the user sees it: the token folder they gave, joined with the manifest's entry
+    bytes: int  # read (0 when missing or not read)
+    problem: str | None = None
+
+
+@dataclass
+class Verification:
+    manifest: str
+    shards: list[FileCheck]
+    side_files: list[FileCheck]  # random-init weights, k-means arrays
+    seconds: float
+
+    @property
+    def bad(self) -> list[FileCheck]:
+        return [c for c in self.shards + self.side_files if c.problem is not None]
+
+    def lines(self) -> tuple[list[str], str]:
+        """One line per bad file, and the summary line."""
+        mb = sum(c.bytes for c in self.shards) / 1e6
+        side = (f" and {len(self.side_files)} side file{'s' if len(self.side_files) != 1 else ''}"
+                if self.side_files else "")
+        if not self.bad:
+            return [], (f"verified {len(self.shards)} shard files ({mb:.2f} MB){side} in {self.seconds:.2f} s: sizes and "
+                        f"sha256 match {self.manifest}")
+        return [f"{c.path}: {c.problem}" for c in self.bad], (
+            f"{len(self.bad)} of {len(self.shards) + len(self.side_files)} files fail verification against "
+            f"{self.manifest} ({mb:.2f} MB of shards read in {self.seconds:.2f} s); delete the bad shard files and "
+            "rerun narrator tokenize on the same books to re-encode them")
+
+
+def verify_tokens(path: str | Path, threads: int | None = None) -> Verification:
+    """Read every shard file of every stream, and the side files with a recorded checksum, and compare
+    them with the manifest; files are hashed in `threads` threads (ThreadPoolExecutor's default: I/O bound
+    on object stores, and hashlib releases the GIL). Entries outside the token folder are listed, not read."""
+    started = time.perf_counter()
+    manifest = Manifest.load(path)
+    root = token_folder(path)
+    entries = [file for shard in manifest.shards for file in shard.files.values()]
+    with ThreadPoolExecutor(threads) as pool:
+        shards = list(pool.map(lambda f: _check_shard(root, f.path, f.bytes, f.sha256), entries))
+    side = [check for info in manifest.streams for check in _check_side_files(root, info)]
+    return Verification(str(root / MANIFEST_NAME), shards, side, time.perf_counter() - started)
+
+
+def _check_shard(root: Path | storage.URL, rel: str, size: int, sha256: str) -> FileCheck:
+    shown = str(root / rel)
+    outside = storage.escape(root, rel)
+    if outside:
+        return FileCheck(shown, 0, f"lies outside the token folder ({outside}); not read")
+    if not storage.exists(root / rel):
+        return FileCheck(shown, 0, f"missing (manifest says {size:,} bytes, sha256 {sha256[:12]}...)")
+    found, read = storage.checksum(root / rel)
+    if (found, read) == (sha256, size):
+        return FileCheck(shown, read)
+    return FileCheck(shown, read, f"sha256 {found[:12]}... in {read:,} bytes, manifest says {sha256[:12]}... in {size:,} "
+                                  "bytes" + (" (same size: changed in place)" if read == size else ""))
+
+
+def _check_side_files(root: Path | storage.URL, info: StreamInfo) -> list[FileCheck]:
+    """The stream's random-init weights (their state_dict sha256, as the manifest records it) and k-means
+    arrays (their file sha256, as kmeans/*.json and the manifest record it), each read by the loader that
+    uses them, so what passes here loads."""
+    checks: list[tuple[str, list[str], Callable[[Path], None]]] = []  # (file named, files it reads, check)
+    if info.weights.file:
+        checks.append((info.weights.file, [info.weights.file], lambda local: _load_weights(info, local / info.weights.file)))
+    if info.kmeans:
+        checks.append((info.kmeans["file"], [f for f in info.files() if f != info.weights.file],
+                       lambda local: _load_kmeans(info, local / info.kmeans["file"])))
+    results = []
+    for rel, files, check in checks:
+        shown = str(root / rel)
+        outside = next(filter(None, (storage.escape(root, f) for f in [rel, *files])), None)
+        if outside:
+            results.append(FileCheck(shown, 0, f"it or a file beside it lies outside the token folder ({outside}); "
+                                                "not read"))
+            continue
+        local = root  # until a download is made
+        try:
+            with _local_files(root, files) as local:
+                check(local)
+        except (NarratorError, RuntimeError) as e:  # load_state_dict raises RuntimeError for tensors that do not fit
+            text = (str(e).splitlines() or [type(e).__name__])[0]
+            if storage.is_url(root):
+                text = text.replace(str(local), str(root))
+            results.append(FileCheck(shown, 0, text.removeprefix(f"{shown}: ")))
+            continue
+        results.append(FileCheck(shown, sum(storage.size(root / f) for f in files)))
+    return results
+
+
+@contextlib.contextmanager
+def _local_files(root: Path | storage.URL, files: list[str]) -> Iterator[Path]:
+    """A local folder holding `files` at their relative paths: the token folder itself, or a download of them."""
+    if not storage.is_url(root):
+        yield Path(root)
+        return
+    with tempfile.TemporaryDirectory(prefix="narrator-verify-") as folder:
+        for rel in files:
+            (Path(folder) / rel).parent.mkdir(parents=True, exist_ok=True)
+            storage.download(root / rel, Path(folder) / rel)
+        yield Path(folder)
+
+
+def _load_weights(info: StreamInfo, path: Path) -> None:
+    if info.kind == "encodec":
+        from narrator.tokenizers.config import EncodecConfig
+        from narrator.tokenizers.encodec import EncodecTokenizer
+
+        EncodecTokenizer.from_weights_file(from_dict(EncodecConfig, info.config["encodec"], "encodec."), path, info.weights)
+    else:
+        from narrator.tokenizers.config import WhisperConfig
+        from narrator.tokenizers.whisper import WhisperEmbedder
+
+        WhisperEmbedder.from_weights_file(from_dict(WhisperConfig, info.config["whisper"], "whisper."), path, info.weights)
+
+
+def _load_kmeans(info: StreamInfo, path: Path) -> None:
+    from narrator.tokenizers.kmeans import load_kmeans
+
+    kmeans = load_kmeans(path, None, info.codebook_size)  # checks each array against the sha256 the JSON records
+    if kmeans.meta.centroids.sha256 != info.kmeans["centroids_sha256"]:
+        raise NarratorError(f"{path}: centroids sha256 {kmeans.meta.centroids.sha256[:12]}... differ from the "
+                            f"{info.kmeans['centroids_sha256'][:12]}... the tokens were made with")

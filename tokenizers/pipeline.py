@@ -74,12 +74,13 @@ class _Stream:
     recipe: dict[str, Any]  # ChunkEncoderActor's description of it; big arrays go in as object refs
 
 
-def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str]) -> TokenizeReport:
-    """Tokenize every book in `inputs` (audio files or .txt catalogs) into `out` (a folder or URL): each
+def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str],
+             allow_outside_root: bool = False) -> TokenizeReport:
+    """Tokenize every book in `inputs` (audio files or catalogs) into `out` (a folder or URL): each
     stream of `cfg.streams` in its own shard set, cut by one plan; resumable, appendable, and a stream
-    can be added to a folder that holds others."""
+    can be added to a folder that holds others. `allow_outside_root`: catalogs may name audio outside their folder."""
     out = storage.root(out)
-    books = resolve_inputs(inputs)
+    books = resolve_inputs(inputs, allow_outside_root)
     if storage.is_url(out):
         storage.check_bucket(str(out))
     _check_out(out, cfg)

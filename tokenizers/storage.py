@@ -15,6 +15,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import posixpath
 import re
 import resource
 import shutil
@@ -87,6 +88,27 @@ def name(location: Location) -> str:
 
 def parent(location: Location) -> Path | URL:
     return URL(str(location).rstrip("/").rsplit("/", 1)[0]) if is_url(location) else Path(location).parent
+
+
+def escape(root: Location, rel: str) -> str | None:
+    """Why `root / rel` would lie outside `root` ("an absolute path", "a URL", "a '..' path", "a symlink to X"),
+    or None when it stays inside.
+
+    A manifest or catalog may come from someone else: a name in it must not reach other files of this
+    machine or bucket. Local symlinks are followed, so a link inside the folder to a file outside counts as outside.
+    """
+    if URL_PATTERN.match(rel) or rel.startswith("pipe:"):
+        return "a URL"
+    if rel.startswith(("/", "~")):  # "~" too: catalog paths are expanded
+        return "an absolute path"
+    if posixpath.normpath(rel).split("/")[0] == "..":
+        return "a '..' path"
+    if not is_url(root):
+        base = Path(root).resolve()
+        target = (base / rel).resolve()
+        if not target.is_relative_to(base):
+            return f"a symlink to {target}"
+    return None
 
 
 def _fs(url: str) -> tuple[Any, str]:
@@ -303,11 +325,17 @@ def read_folder(folder: Location) -> dict[str, bytes]:
 
 
 def sha256(location: Location) -> str:
-    h = hashlib.sha256()
-    with open_read(location) as f:
+    return checksum(location)[0]
+
+
+def checksum(location: Location) -> tuple[str, int]:
+    """sha256 and byte count of a file, read in 1 MiB blocks (hashlib releases the GIL: threads hash in parallel)."""
+    h, size = hashlib.sha256(), 0
+    with _errors(str(location)) if is_url(location) else contextlib.nullcontext(), open_read(location) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+            size += len(block)
+    return h.hexdigest(), size
 
 
 @contextlib.contextmanager
