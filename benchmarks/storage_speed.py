@@ -96,7 +96,7 @@ def main() -> None:
             for name, folder in (("local disk", str(local)), ("S3 (SeaweedFS, 127.0.0.1)", f"s3://{BUCKET}/tokens")):
                 m, root = open_folder(folder)
                 shards = TokenShards.open(DataConfig(), m, root)
-                files = [u[next(iter(u))] for u in shards.urls]
+                files = [u[next(iter(u))].url for u in shards.urls]
                 seconds, size = best_of(args.repeat, lambda: sum(len(storage.read_bytes(f)) for f in files))
                 stream_s, tokens = best_of(args.repeat,
                                            lambda: sum(len(t) for t in shards.token_stream(shards.urls, "train")))
