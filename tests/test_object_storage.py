@@ -215,6 +215,27 @@ def test_inspect_reads_a_url(runs, capsys):
     assert "a   " in text and "3 written, 0 pending" in text
 
 
+def test_verify_reads_a_bucket_and_names_a_changed_shard_and_changed_weights(runs, s3_server, capsys):
+    local, url, _, _ = runs
+    assert cli.main(["inspect", "--verify", str(local)]) == 0  # the random EnCodec weights too, by their sha256
+    assert capsys.readouterr().out.startswith("verified 3 shard files (")
+    fs, copy = s3_server.fs, f"s3://{BUCKET}/verify"
+    for key in keys(fs, f"{BUCKET}/tokens"):
+        fs.pipe_file(f"{BUCKET}/verify/{key}", fs.cat_file(f"{BUCKET}/tokens/{key}"))
+    assert cli.main(["inspect", "--verify", copy]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("verified 3 shard files (") and " and 1 side file in " in out
+    for key in ("shards/acoustic/000002.tar", "encodec_random_seed0.safetensors"):
+        data = bytearray(fs.cat_file(f"{BUCKET}/verify/{key}"))
+        data[-600] ^= 0x01  # inside the last sample's codes / the last tensor's bytes; the size stays
+        fs.pipe_file(f"{BUCKET}/verify/{key}", bytes(data))
+    assert cli.main(["inspect", "--verify", copy]) == 3
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"{copy}/shards/acoustic/000002.tar: sha256 ")
+    assert lines[1].startswith(f"{copy}/encodec_random_seed0.safetensors: EnCodec weights sha256 ")
+    assert lines[2].startswith(f"2 of 4 files fail verification against {copy}/manifest.json") and len(lines) == 3
+
+
 def test_training_reads_the_token_folder_from_the_bucket(runs, tmp_path):
     _, url, _, _ = runs
     out = tmp_path / "run"
