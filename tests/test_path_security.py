@@ -76,6 +76,11 @@ def test_a_manifest_shard_outside_the_token_folder_is_refused_unless_allowed(fol
     assert np.array_equal(tokens(folder, allow_outside_root=True), expected)  # the same shard, read where it lies
 
 
+def test_a_token_folder_reached_through_a_symlink_is_inside_itself(folder, tmp_path):
+    (tmp_path / "link").symlink_to(folder)  # runs/tokens -> /mnt/disk/tokens: its shards are still inside it
+    assert np.array_equal(tokens(tmp_path / "link"), tokens(folder))
+
+
 def test_a_side_file_outside_the_token_folder_is_refused(folder):
     manifest = Manifest.load(folder)
     manifest.streams[0].weights.file = "../../../etc/passwd"

@@ -161,7 +161,7 @@ def _text(s: dict[str, Any]) -> str:
         lines.append(f"PROBLEMS:  {len(s['shard_problems'])} shard files")
         lines += [f"  {p['path']}: {p['problem']}" for p in s["shard_problems"]]
     else:
-        lines.append("check:     every shard file present, sizes match the manifest")
+        lines.append("check:     every shard file present, sizes match the manifest (--verify compares sha256 too)")
     if s["pending_shards"]:
         lines.append(f"PENDING:   {len(s['pending_shards'])} planned shard files are not written yet; rerun `narrator tokenize` "
                      "to complete them")
