@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from narrator import cli
@@ -104,3 +105,29 @@ def test_training_refuses_a_changed_shard_with_one_line(folder, tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("narrator train: error: shard ")
     assert f"{(folder / 'shards/acoustic/000005.tar').resolve()}: sha256 mismatch" in err[0]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # before the first step: validation reads every shard
+
+
+def test_verify_checks_the_k_means_arrays_the_manifest_records(tmp_path, capsys):
+    from narrator.tokenizers.config import KmeansConfig
+    from narrator.tokenizers.kmeans import EmbeddingSource, fit_kmeans, kmeans_paths, save_kmeans
+
+    folder = make_token_folder(tmp_path / "tokens", streams=(ACOUSTIC, "semantic"), semantic_k=8)
+    frames = np.random.default_rng(0).standard_normal((400, 16)).astype(np.float32)
+    source = EmbeddingSource(model="tiny.en", layer=-1, dims=16, weights_sha256="ab" * 32)
+    model = fit_kmeans(frames, None, KmeansConfig(k=8, sample_frames=400, batch_size=128, passes=2), source)
+    save_kmeans(model, folder / "kmeans/semantic")
+    manifest = Manifest.load(folder)
+    manifest.stream("semantic").kmeans = {
+        "file": "kmeans/semantic.json", "centroids_sha256": model.meta.centroids.sha256,
+        "files": [str(p.relative_to(folder)) for p in kmeans_paths(folder / "kmeans/semantic") if p.is_file()]}
+    manifest.save(folder / "manifest.json")
+    assert cli.main(["inspect", "--verify", str(folder)]) == 0
+    assert " and 1 side file in " in capsys.readouterr().out
+    centroids = folder / "kmeans/semantic.npy"
+    data = bytearray(centroids.read_bytes())
+    data[-1] ^= 0x01
+    centroids.write_bytes(bytes(data))
+    assert cli.main(["inspect", "--verify", str(folder)]) == VERIFY_FAILED
+    bad, summary = capsys.readouterr().err.splitlines()
+    assert bad.startswith(f"{folder / 'kmeans/semantic.json'}: {centroids}: sha256 ")
+    assert bad.endswith("recorded in semantic.json") and summary.startswith("1 of 9 files fail verification")
