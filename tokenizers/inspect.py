@@ -228,7 +228,10 @@ def _check_shard(root: Path | storage.URL, rel: str, size: int, sha256: str) -> 
         return FileCheck(shown, 0, f"lies outside the token folder ({outside}); not read")
     if not storage.exists(root / rel):
         return FileCheck(shown, 0, f"missing (manifest says {size:,} bytes, sha256 {sha256[:12]}...)")
-    found, read = storage.checksum(root / rel)
+    try:
+        found, read = storage.checksum(root / rel)
+    except (OSError, NarratorError) as e:  # unreadable here (permissions, a storage fault): listed, the others read
+        return FileCheck(shown, 0, f"unreadable ({e.strerror if isinstance(e, OSError) and e.strerror else e})")
     if (found, read) == (sha256, size):
         return FileCheck(shown, read)
     return FileCheck(shown, read, f"sha256 {found[:12]}... in {read:,} bytes, manifest says {sha256[:12]}... in {size:,} "
