@@ -70,10 +70,12 @@ def test_saved_activations_match_what_autograd_keeps(precision):
 
 
 # One process per measurement: the real train_step (Accelerate, AdamW foreach, grad_accum 2) on the CPU.
-# With glibc's mmap threshold fixed, every large tensor is its own mapping, so resident memory follows the
-# live tensors; a tiny run first loads every kernel, so only the measured run's memory grows the peak.
+# With glibc's mmap threshold fixed, every large tensor is its own mapping, so anonymous resident memory
+# follows the live tensors; a tiny run first loads every kernel. The peak is sampled from RssAnon: the
+# process's total RSS (ru_maxrss) also counts shared-library pages, which the kernel drops and re-reads
+# when other processes need memory (that made the difference 10x too large on a busy machine).
 MEASURE_CHILD = textwrap.dedent("""
-    import json, os, resource, sys
+    import json, os, sys, threading, time
     import torch
     from accelerate import Accelerator
     from narrator.config import load_config
@@ -95,12 +97,26 @@ MEASURE_CHILD = textwrap.dedent("""
         for _ in range(2):  # the second step runs with AdamW's moments allocated
             train_step(accelerator, model, opt, sched, batches, cfg)
 
+    def rss_anon():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+    def sample(peak, stop):
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_anon())
+            time.sleep(0.0002)
+
     run(["model.preset=tiny", "model.block_size=64", "batch_size=2"])
     peaks = {}
-    for overrides in json.loads(sys.argv[1]):  # smallest first: each run must set a new peak
-        base = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    for overrides in json.loads(sys.argv[1]):
+        base = rss_anon()
+        peak, stop = [base], threading.Event()
+        sampler = threading.Thread(target=sample, args=(peak, stop))
+        sampler.start()
         run(overrides)
-        peaks[" ".join(overrides)] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        stop.set()
+        sampler.join()
+        peaks[" ".join(overrides)] = peak[0] - base
     print(json.dumps(peaks))
 """)
 
