@@ -12,7 +12,8 @@ so nearly every token lands in a window once per epoch.
 Every (rank, worker) slot of a run reads its own share of the shards; training loops over epochs
 without end, so ranks that were dealt fewer tokens never starve or hang. Several token folders
 (`data.mix`) each run such a pipeline, and every training window is drawn from one of them in
-proportion to its weight. Validation windows are read once and kept in memory.
+proportion to its weight. Each training window carries its worker's position (streaming/position.py),
+so a resumed run reads on exactly where it stopped. Validation windows are read once and kept in memory.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.layout import LAYOUTS, SLOT_FRAMES, Layout, StreamShape, make_layout
+from narrator.streaming.position import MIX_BLOCK, DataDeal, DataPosition, SourcePosition, WorkerPosition
 from narrator.streaming.split import held_out_slots, split_span
 from narrator.tokenizers import storage
 from narrator.tokenizers.manifest import ACOUSTIC, MANIFEST_NAME, SLOT_SECONDS, Manifest, token_folder
@@ -186,16 +188,23 @@ class EpochCoverage:
 
 @dataclass
 class Window:
-    """block_size + 1 tokens; a slot's last window of an epoch carries that epoch's coverage."""
+    """block_size + 1 tokens; a slot's last window of an epoch carries that epoch's coverage.
+
+    A training window also says which DataLoader worker made it and where that worker is after it.
+    """
 
     tokens: np.ndarray
     coverage: EpochCoverage | None = None
+    worker: int = 0
+    position: WorkerPosition | None = None
 
 
 class TrainBatch(NamedTuple):
     x: torch.Tensor  # int64 [batch, block_size]
     y: torch.Tensor  # x shifted by one
     coverage: list[EpochCoverage]  # epochs that a slot finished with this batch's windows
+    worker: int = 0  # the worker (of DataPosition) that made it
+    position: WorkerPosition | None = None  # that worker's position after this batch
 
 
 @dataclass
@@ -465,7 +474,8 @@ def _pairs(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _collate_train(windows: list[Window]) -> TrainBatch:
     x, y = _pairs(np.stack([w.tokens for w in windows]))
-    return TrainBatch(x, y, [w.coverage for w in windows if w.coverage is not None])
+    return TrainBatch(x, y, [w.coverage for w in windows if w.coverage is not None], windows[-1].worker,
+                      windows[-1].position)
 
 
 def _collate_val(windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -498,7 +508,7 @@ def slot_plan(shard_samples: list[int], seed: int, epoch: int, slot: int, slots:
 
 
 class TrainWindows(IterableDataset):
-    """Endless shuffled training windows of block_size + 1 tokens for one rank.
+    """Endless shuffled training windows of block_size + 1 tokens for one rank, from `start` on.
 
     Deterministic for a given (seed, rank, worker, epoch). A slot whose share of an epoch yields no
     window (too few tokens) reads every shard from then on: duplicate data beats a hung rank. The
@@ -506,7 +516,7 @@ class TrainWindows(IterableDataset):
     """
 
     def __init__(self, shards: TokenShards, block_size: int, rank: int, world_size: int, workers: int,
-                 seed: int, shuffle_buffer: int, epoch_offset: int = 0):
+                 seed: int, shuffle_buffer: int, start: DataPosition | None = None):
         if block_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need block_size >= 1 and 0 <= rank < world_size, got {block_size}, {rank}, {world_size}")
         self.shards = shards
@@ -514,22 +524,31 @@ class TrainWindows(IterableDataset):
         self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
         self.seed = seed + shards.source
         self.shuffle_buffer = shuffle_buffer
-        self.epoch_offset = epoch_offset
+        self.start = start
 
     def __iter__(self) -> Iterator[Window]:
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
+        worker, start = _worker_start(self.start, self.workers)
+        for window, position in self.stream(worker, start.sources[0] if start else SourcePosition()):
+            window.worker, window.position = worker, WorkerPosition((position,))
+            yield window
+
+    def stream(self, worker: int, start: SourcePosition) -> Iterator[tuple[Window, SourcePosition]]:
+        """The worker's windows from `start` on, each with the worker's position after it.
+
+        Resuming inside an epoch replays that epoch (the same cut, the same shuffle) and drops the
+        windows already handed out: what comes next is what an uninterrupted run would give.
+        """
         slot, slots = self.rank * self.workers + worker, self.world_size * self.workers
-        read_all = False
-        for epoch in itertools.count(self.epoch_offset):
-            found = 0
-            for window in self.epoch(epoch, worker, slot, slots, read_all):
+        read_all, skip = start.read_all, start.windows
+        for epoch in itertools.count(start.epoch):
+            found = skip
+            for window in itertools.islice(self.epoch(epoch, worker, slot, slots, read_all), skip, None):
                 found += 1
-                yield window
+                yield window, SourcePosition(epoch, found, read_all)
             if found == 0 and read_all:
                 raise NarratorError(f"{self.shards.where}: the training tokens fill no window of {self.block_size + 1} "
                                     "tokens; lower block_size")
-            read_all = read_all or found == 0
+            read_all, skip = read_all or found == 0, 0
 
     def epoch(self, epoch: int, worker: int, slot: int, slots: int, read_all: bool = False) -> Iterator[Window]:
         """One pass over this slot's share (or over everything, when `read_all`)."""
@@ -548,25 +567,45 @@ class TrainWindows(IterableDataset):
 
 
 class MixedWindows(IterableDataset):
-    """Endless training windows of one rank from several token folders: each window comes from
-    folder i with probability weight_i / sum(weights), by a generator seeded per (seed, rank, worker,
-    epoch_offset), so a run is reproducible and a resumed run draws afresh."""
+    """Endless training windows of one rank from several token folders, from `start` on: each window comes
+    from folder i with probability weight_i / sum(weights).
 
-    def __init__(self, parts: Sequence[TrainWindows], seed: int, epoch_offset: int = 0):
+    The folder choices are drawn in blocks of MIX_BLOCK, block b by a generator seeded with (seed, rank,
+    worker, b), so a run is reproducible and a resumed one draws on where it stopped.
+    """
+
+    def __init__(self, parts: Sequence[TrainWindows], seed: int, start: DataPosition | None = None):
         self.parts = list(parts)
         weights = np.array([p.shards.weight for p in self.parts], dtype=np.float64)
         self.p = weights / weights.sum()
-        self.seed, self.epoch_offset = seed, epoch_offset
+        self.seed, self.start = seed, start
 
     def __iter__(self) -> Iterator[Window]:
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
-        rng = np.random.default_rng([self.seed, self.parts[0].rank, worker, self.epoch_offset])
-        streams = [iter(part) for part in self.parts]
+        first = self.parts[0]
+        worker, start = _worker_start(self.start, first.workers)
+        positions = list(start.sources) if start else [SourcePosition()] * len(self.parts)
+        streams = [part.stream(worker, at) for part, at in zip(self.parts, positions, strict=True)]
+        draws = start.draws if start else 0
         while True:
-            picks = rng.choice(len(streams), size=1024, p=self.p)  # drawn in blocks: one call per window is slow
-            for i in picks:
-                yield next(streams[i])
+            block, done = divmod(draws, MIX_BLOCK)
+            rng = np.random.default_rng([self.seed, first.rank, worker, block])
+            for i in rng.choice(len(streams), size=MIX_BLOCK, p=self.p)[done:]:  # one call per window is slow
+                window, positions[i] = next(streams[i])
+                draws += 1
+                window.worker, window.position = worker, WorkerPosition(tuple(positions), draws)
+                yield window
+
+
+def _worker_start(start: DataPosition | None, workers: int) -> tuple[int, WorkerPosition | None]:
+    """The worker (of `start`) this DataLoader worker continues, and where it starts."""
+    info = get_worker_info()
+    loader_worker = info.id if info is not None else 0
+    if start is None:
+        return loader_worker, None
+    if len(start.workers) != workers:
+        raise ValueError(f"a position of {len(start.workers)} workers cannot start a loader of {workers}")
+    worker = start.worker(loader_worker)
+    return worker, start.workers[worker]
 
 
 def window_coverage(shards: TokenShards, block_size: int, epoch: int = 0, world_size: int = 1, workers: int = 1,
@@ -595,18 +634,30 @@ class _Loader(DataLoader):
             raise type(e)(lines[-1].split(": ", 1)[-1]) from None  # the traceback ends "module.Error: message"
 
 
+def data_deal(cfg: DataConfig, sources: Sequence[TokenShards], world_size: int, seed: int) -> DataDeal:
+    """What decides which windows each DataLoader worker of this run reads (see streaming/position.py)."""
+    return DataDeal(world_size, max(1, cfg.num_workers), seed, cfg.shuffle_buffer,
+                    tuple(len(s.urls) for s in sources))
+
+
 def build_train_loader(cfg: DataConfig, sources: Sequence[TokenShards], block_size: int, batch_size: int,
-                       rank: int, world_size: int, seed: int, epoch_offset: int = 0) -> DataLoader:
-    """Endless TrainBatch(x, y, coverage) for this rank from one token folder or a weighted mix:
-    x, y int64 [batch_size, block_size]; shards reshuffle every epoch.
+                       rank: int, world_size: int, seed: int, start: DataPosition | None = None) -> DataLoader:
+    """Endless TrainBatch(x, y, coverage, worker, position) for this rank from one token folder or a weighted
+    mix, from `start` (this rank's position of a run with the same `data_deal`) on: x, y int64
+    [batch_size, block_size]; shards reshuffle every epoch.
 
     The loader already splits data by rank: do not pass it through `accelerator.prepare`.
     """
-    parts = [TrainWindows(shards, block_size, rank, world_size, cfg.num_workers, seed, cfg.shuffle_buffer, epoch_offset)
+    if start is not None and start.deal != data_deal(cfg, sources, world_size, seed):
+        raise ValueError(f"the position's data deal {start.deal} is not this loader's")
+    parts = [TrainWindows(shards, block_size, rank, world_size, cfg.num_workers, seed, cfg.shuffle_buffer, start)
              for shards in sources]
-    dataset = parts[0] if len(parts) == 1 else MixedWindows(parts, seed, epoch_offset)
+    dataset = parts[0] if len(parts) == 1 else MixedWindows(parts, seed, start)
+    # A generator of its own: the loader draws a seed for its workers from it, not from the global torch RNG,
+    # which a resumed run restores for dropout and which must not move when a loader starts.
     return _Loader(dataset, batch_size=batch_size, collate_fn=_collate_train, num_workers=cfg.num_workers,
-                   persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
+                   persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                   generator=torch.Generator().manual_seed(seed))
 
 
 def val_windows(sources: TokenShards | Sequence[TokenShards], block_size: int, rank: int, world_size: int) -> np.ndarray:
@@ -632,4 +683,5 @@ def build_val_loader(sources: Sequence[TokenShards], block_size: int, batch_size
     The windows are read once, here, and held in memory (int32), so repeated evaluations cost no I/O.
     """
     windows = val_windows(sources, block_size, rank, world_size)
-    return DataLoader(windows, batch_size=batch_size, shuffle=False, collate_fn=_collate_val)
+    return DataLoader(windows, batch_size=batch_size, shuffle=False, collate_fn=_collate_val,
+                      generator=torch.Generator())  # leaves the global torch RNG (dropout's) alone

@@ -20,6 +20,7 @@ from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import (TokenShards, TrainWindows, build_train_loader, build_val_loader, data_vocab,
                                         shard_urls, slot_plan, window_coverage)
 from narrator.streaming.layout import FlatLayout
+from narrator.streaming.position import DataDeal, DataPosition
 from narrator.streaming.split import held_out_slots
 from narrator.tokenizers.manifest import ACOUSTIC, Manifest
 
@@ -134,7 +135,7 @@ def test_train_batches_never_touch_a_held_out_frame(folder):
     it = iter(loader)
     val, seen, crossed_chunks, packed = val_set(folder[1]), set(), False, False
     for _ in range(60):  # 480 windows: several epochs of the ~300 train windows
-        x, y, _ = next(it)
+        x, y, *_ = next(it)
         assert x.shape == y.shape == (8, BLOCK) and x.dtype == y.dtype == torch.int64
         assert (x[:, 1:] == y[:, :-1]).all()
         for row_x, row_y in zip(x.numpy(), y.numpy()):
@@ -254,11 +255,12 @@ def test_same_seed_same_order_other_seed_other_order(folder):
     assert not np.array_equal(a, first_batches(8))
 
 
-def test_epoch_offset_resumes_at_that_epoch(folder):
+def test_a_position_at_an_epoch_start_resumes_at_that_epoch(folder):
     shards = TokenShards.open(cfg(), folder[1], folder[0])
     ds = TrainWindows(shards, BLOCK, 0, 1, workers=1, seed=2, shuffle_buffer=8)
     epoch1 = [w.tokens.tolist() for w in ds.epoch(1, 0, 0, 1)]
-    resumed = TrainWindows(shards, BLOCK, 0, 1, workers=1, seed=2, shuffle_buffer=8, epoch_offset=1)
+    start = DataPosition.fresh(DataDeal(1, 1, 2, 8, (len(shards.urls),)), epoch=1)
+    resumed = TrainWindows(shards, BLOCK, 0, 1, workers=1, seed=2, shuffle_buffer=8, start=start)
     assert [w.tokens.tolist() for w in itertools.islice(resumed, len(epoch1))] == epoch1
     assert epoch1 != [w.tokens.tolist() for w in ds.epoch(0, 0, 0, 1)]
 

@@ -57,7 +57,7 @@ def test_trains_on_a_token_folder(token_folder, tmp_path, capsys):
     assert [p.name for p in list_checkpoints(out)] == ["step_0000010", "step_0000020"]  # keep_checkpoints: 2
     last = latest_checkpoint(out)
     assert {p.name for p in last.iterdir()} == {"accelerate", "model.safetensors", "model_config.json",
-                                                "trainer_state.json", "streams.json", "config.yaml"}
+                                                "trainer_state.json", "streams.json", "config.yaml", "process_0.json"}
     assert read_state(last) == TrainerState(step=20, tokens_seen=20 * TOKENS_PER_STEP, world_size=1,
                                             config_hash=read_state(last).config_hash,
                                             tokenizer_config_hash="test-tokens", layout="flat", shared_vocab=False,

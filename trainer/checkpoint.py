@@ -6,6 +6,8 @@ A checkpoint folder holds:
   model.safetensors       the unwrapped model's weights, tied embedding stored once (for generation)
   model_config.json       GPTConfig
   trainer_state.json      TrainerState: step, tokens seen, config and tokenizer hashes, data layout, special tokens
+  process_N.json          ProcessState of process N: its loader's data position, epoch coverage and losses
+                          not yet reported (so a resumed run goes on exactly as an uninterrupted one)
   streams.json            the manifest's entries of the streams trained on } so a copied checkpoint
   config.yaml             the resolved training config             } stands alone
   encodec_random_*.safetensors  random-init codec weights, when the tokens were made with them
@@ -18,7 +20,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import ConfigError, NarratorError
+from narrator.streaming.dataset import EpochCoverage
+from narrator.streaming.position import DataPosition
 from narrator.tokenizers import storage
 from narrator.tokenizers.manifest import ACOUSTIC, StreamInfo
 from narrator.trainer.model import GPT, GPTConfig
@@ -39,6 +43,7 @@ STREAMS_NAME = "streams.json"
 # The output embedding is the input embedding (model.py ties them): safetensors stores it once.
 TIED = {"lm_head.weight": "transformer.wte.weight"}
 _STEP_DIR = re.compile(r"step_(\d{7,})")
+_PROCESS_FILE = re.compile(r"process_(\d+)\.json")
 
 
 @dataclass
@@ -52,6 +57,21 @@ class TrainerState:
     shared_vocab: bool
     boundary_token: int  # the id that separates recordings (streaming.layout.Layout.boundary_token)
     separator_token: int | None = None  # the prefix layout's separator (Layout.special.separator); None for others
+
+
+@dataclass
+class ProcessState:
+    """What one process carries from step to step besides the model, optimizer and RNG states (accelerate
+    saves those): where its loader is, and what it has not reported yet."""
+
+    data: DataPosition
+    coverage_parts: list[EpochCoverage] = field(default_factory=list)  # epochs some, not all, workers finished
+    coverage_unlogged: list[EpochCoverage] = field(default_factory=list)  # finished, not yet in metrics.jsonl
+    losses: list[float] = field(default_factory=list)  # train losses the next metrics record averages
+    tokens: int = 0  # trained since the last metrics record
+    seconds: float = 0.0
+    skipped: int = 0  # updates skipped for a non-finite loss so far (optim.skip_nonfinite)
+    unlogged_skips: int = 0  # of which not yet in metrics.jsonl
 
 
 @dataclass
@@ -92,8 +112,9 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path, state: TrainerState,
-                    streams: list[StreamInfo], train_config: Any, keep: int, files: Sequence[Path] = ()) -> Path:
-    """Save the full training state plus inference files; every process must call this.
+                    streams: list[StreamInfo], train_config: Any, keep: int, files: Sequence[Path] = (),
+                    process: ProcessState | None = None) -> Path:
+    """Save the full training state plus inference files; every process must call this, with its `process` state.
 
     The main process renames step_X.tmp to step_X once all processes wrote their part, then keeps
     only the newest `keep` checkpoints. A full disk (or a file-size limit) stops the run with one
@@ -106,6 +127,8 @@ def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, out: Path,
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp / "accelerate"))
+        if process is not None:
+            _write_json(tmp / f"process_{accelerator.process_index}.json", to_dict(process))
         weights = accelerator.get_state_dict(model)  # collective under DeepSpeed ZeRO-3
         # Every process writes its own files (RNG states, DeepSpeed's optimizer partitions): rename only
         # once all are written. A slower rank (ZeRO-2 offload) otherwise wrote into a renamed folder.
@@ -160,6 +183,16 @@ def layout_name(name: str) -> str:
 
 def read_state(path: Path) -> TrainerState:
     return _read(Path(path) / STATE_NAME, TrainerState)
+
+
+def read_process_states(path: Path) -> list[ProcessState]:
+    """The ProcessState of each process of the run that wrote checkpoint `path`, by process index; [] when it
+    holds none for some process (a checkpoint written before they existed)."""
+    path = Path(path)
+    files = {int(m.group(1)): f for f in path.iterdir() if (m := _PROCESS_FILE.fullmatch(f.name))}
+    if sorted(files) != list(range(read_state(path).world_size)):
+        return []
+    return [_read(files[i], ProcessState) for i in range(len(files))]
 
 
 def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTConfig, tokenizer_config_hash: str,

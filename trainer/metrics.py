@@ -62,10 +62,12 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of metrics.jsonl; a last line without its newline (a run killed while writing it) is left out."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")[:-1]  # each record is written with its newline in one write
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def drop_after(path: Path, step: int) -> None:

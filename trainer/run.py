@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -33,12 +33,13 @@ from tqdm import tqdm
 
 from narrator.config import config_hash, load_config, save_config, to_dict
 from narrator.errors import ConfigError, NarratorError
-from narrator.streaming.dataset import (EpochCoverage, TrainBatch, build_train_loader, build_val_loader, data_vocab,
-                                        open_folder, open_sources)
+from narrator.streaming.dataset import (EpochCoverage, TrainBatch, build_train_loader, build_val_loader, data_deal,
+                                        data_vocab, open_folder, open_sources)
 from narrator.streaming.layout import FlatLayout, Layout
+from narrator.streaming.position import DataDeal, DataPosition, carry_over
 from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
-from narrator.trainer.checkpoint import (TrainerState, latest_checkpoint, list_checkpoints, read_state,
-                                         resume_checkpoint, save_checkpoint)
+from narrator.trainer.checkpoint import (ProcessState, TrainerState, latest_checkpoint, list_checkpoints,
+                                         read_process_states, read_state, resume_checkpoint, save_checkpoint)
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.metrics import MetricsLog, StepMetrics, tracker_backend
 from narrator.trainer.model import GPT
@@ -110,11 +111,16 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
                          tokenizer_config_hash=tokens_hash, layout=cfg.data.layout_name,
                          shared_vocab=cfg.data.shared_vocab, boundary_token=layout.boundary_token,
                          separator_token=layout.special.separator)
+    deal = data_deal(cfg.data, sources, world, cfg.data.seed)
+    carried = ProcessState(DataPosition.fresh(deal))  # this process's loader position, pending reports, losses
     if start is not None:
         resumed = resume_checkpoint(accelerator, start, model_config, tokens_hash, manifest_dir / MANIFEST_NAME,
                                     layout.boundary_token, layout=state.layout, separator_token=state.separator_token)
         state = dataclasses.replace(state, step=resumed.step, tokens_seen=resumed.tokens_seen)
         accelerator.print(f"resumed from {start} at step {state.step}")
+        carried, note = carry_on(start, read_process_states(start), rank, deal, state.step)
+        if note:
+            accelerator.print(note)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.max_steps, start_step=state.step)
     if state.step >= cfg.max_steps:
         accelerator.print(f"{out}: already trained to step {state.step} (max_steps {cfg.max_steps}); nothing to do")
@@ -128,10 +134,10 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
               f"{f' of {len(folders)} token folders' if len(folders) > 1 else ''}; "
               f"{world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}")
 
-    # Data. A resumed run starts at a later epoch so it does not replay the windows it began with.
+    # Data, from where the checkpoint's loader was: the batches an uninterrupted run would see next.
     block = model_config.block_size
     train_loader = build_train_loader(cfg.data, sources, block, cfg.batch_size, rank, world,
-                                      seed=cfg.data.seed, epoch_offset=state.step)
+                                      seed=cfg.data.seed, start=carried.data)
     train_loader.worker_init_fn = functools.partial(shield_worker, train_loader.worker_init_fn)
     # The same eval_batches batches at every evaluation, on every process (a short val set is cycled).
     val_loader = build_val_loader(sources, block, cfg.batch_size, rank, world)
@@ -142,13 +148,16 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     accelerator.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
     last_checkpoint = start
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main_process, unit="step", dynamic_ncols=True)
-    window = Window()
+    window = Window(carried.losses, carried.tokens, carried.seconds)
     coverage = CoverageLog(max(1, cfg.data.num_workers), block, rank if world > 1 else None,
-                           [s.manifest for s in cfg.data.sources] if len(folders) > 1 else None)
+                           [s.manifest for s in cfg.data.sources] if len(folders) > 1 else None,
+                           carried.coverage_parts, carried.coverage_unlogged)
+    consumed = dataclasses.replace(carried.data, workers=list(carried.data.workers))  # moved by each batch taken
     val_loss = None
-    skipped = unlogged_skips = 0  # updates skipped for a non-finite loss (optim.skip_nonfinite); not yet logged
+    # Updates skipped for a non-finite loss (optim.skip_nonfinite counts them over the whole run); not yet logged.
+    skipped, unlogged_skips = carried.skipped, carried.unlogged_skips
     with StopSignal() as stop:
-        batches = coverage.strip(train_loader)
+        batches = coverage.strip(consumed.follow(train_loader))
         while state.step < cfg.max_steps:
             lr = optimizer.param_groups[0]["lr"]
             t0 = time.perf_counter()
@@ -184,8 +193,11 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
                 metrics.plot()
             stopping = stop.agreed(accelerator)
             if final or stopping or state.step % cfg.checkpoint_every == 0:
+                parts, unlogged = coverage.pending()
+                process = ProcessState(consumed, parts, unlogged, window.losses, window.tokens, window.seconds,
+                                       skipped, unlogged_skips)
                 last_checkpoint = save_checkpoint(accelerator, model, out, state, streams, cfg, cfg.keep_checkpoints,
-                                                  files=codec_files)
+                                                  files=codec_files, process=process)
             progress.update(1)
             if stopping:
                 progress.close()
@@ -319,6 +331,24 @@ def resume_point(cfg: TrainConfig, out: Path) -> Path | None:
     return checkpoint
 
 
+def carry_on(checkpoint: Path, saved: list[ProcessState], rank: int, deal: DataDeal,
+             step: int) -> tuple[ProcessState, str | None]:
+    """This process's state from the checkpoint, and None; or, where its data position cannot carry over, a
+    fresh one past every epoch the checkpoint's loaders began, and the line that says so."""
+    if not saved:
+        note = (f"data position: {checkpoint} holds none (an older checkpoint), so every token folder starts "
+                f"afresh at epoch {step}; the batches differ from an uninterrupted run's")
+        return ProcessState(DataPosition.fresh(deal, epoch=step)), note
+    mine = saved[min(rank, len(saved) - 1)]
+    position, changed = carry_over([s.data for s in saved], rank, deal)
+    if changed is None:
+        return dataclasses.replace(mine, data=position), None
+    note = (f"data position: {checkpoint} was read with {changed}, so its position does not carry over: every "
+            f"token folder starts afresh at epoch {position.workers[0].sources[0].epoch}; the batches differ from "
+            "an uninterrupted run's")
+    return dataclasses.replace(mine, data=position, coverage_parts=[]), note
+
+
 def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler, batches: Iterator, cfg: TrainConfig) -> tuple[float, bool]:
     """One optimizer step over grad_accum micro-batches: the loss averaged over them and all processes, and
@@ -401,11 +431,11 @@ class ValLoss:
 class Window:
     """Train losses, tokens and seconds since the last metrics record."""
 
-    def __init__(self):
-        self.losses: list[float] = []
-        self.tokens = 0
-        self.seconds = 0.0
-        self.rate = 0.0
+    def __init__(self, losses: Sequence[float] = (), tokens: int = 0, seconds: float = 0.0):
+        self.losses: list[float] = list(losses)  # a resumed run goes on with the checkpoint's
+        self.tokens = tokens
+        self.seconds = seconds
+        self.rate = tokens / seconds if seconds > 0 else 0.0
         self.last_loss = math.nan
 
     def add(self, loss: float, tokens: int, seconds: float) -> None:
@@ -434,14 +464,18 @@ class CoverageLog:
 
     Each DataLoader worker reports its epochs on its own (with the batch holding its last window of
     the epoch); an epoch is summed and reported once all `workers` reported it. In a mix, each token
-    folder (`sources`) counts its own epochs.
+    folder (`sources`) counts its own epochs. A resumed run starts with the checkpoint's `pending`
+    reports, and its loader skips the windows that made them, so no epoch is counted twice or lost.
     """
 
-    def __init__(self, workers: int, block_size: int, rank: int | None, sources: list[str] | None = None):
+    def __init__(self, workers: int, block_size: int, rank: int | None, sources: list[str] | None = None,
+                 parts: Sequence[EpochCoverage] = (), unlogged: Sequence[EpochCoverage] = ()):
         self.workers, self.block_size, self.rank, self.sources = workers, block_size, rank, sources
         self._parts: dict[tuple[int, int], list[EpochCoverage]] = {}
+        for part in parts:
+            self._parts.setdefault((part.source, part.epoch), []).append(part)
         self._done: list[EpochCoverage] = []  # finished, not yet printed
-        self._unlogged: list[EpochCoverage] = []  # finished, not yet in metrics.jsonl
+        self._unlogged: list[EpochCoverage] = list(unlogged)  # finished, not yet in metrics.jsonl
 
     def strip(self, batches: Iterable[TrainBatch]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x, y) of each batch, keeping the coverage reports it carries."""
@@ -454,6 +488,11 @@ class CoverageLog:
                     self._done.append(done)
                     self._unlogged.append(done)
             yield batch.x, batch.y
+
+    def pending(self) -> tuple[list[EpochCoverage], list[EpochCoverage]]:
+        """What a checkpoint keeps: the reports of epochs not every worker finished, and finished epochs
+        not yet in metrics.jsonl."""
+        return [p for parts in self._parts.values() for p in parts], list(self._unlogged)
 
     def lines(self) -> list[str]:
         """One line per epoch finished since the last call."""
