@@ -38,7 +38,8 @@ def findings(path: Path, rel: str | None = None) -> list[str]:
     found = []
     # A `pipe:` literal may appear only where it is refused: tested with startswith, or in a raised message.
     refusals = {inner for node in ast.walk(tree)
-                if isinstance(node, ast.Raise) or isinstance(node, ast.Call) and dotted(node.func).endswith("startswith")
+                if isinstance(node, ast.Raise)
+                or isinstance(node, ast.Call) and dotted(node.func).endswith("startswith")
                 for inner in ast.walk(node)}
     refusals |= {owner.body[0].value for owner in ast.walk(tree)  # docstrings
                  if isinstance(owner, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))

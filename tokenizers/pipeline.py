@@ -384,6 +384,8 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
             resources=cfg.ray.resources or None,
             # One block (= one batch) in flight per actor: the first actor up must not queue every block.
             # No more actors than blocks: an idle actor still builds its models (and Ray Data warns).
+            # An actor process that dies (killed, out of memory) is restarted and its batch run again: Ray Data's
+            # actor pools default to max_restarts=-1 and max_task_retries=-1 (tests/test_tokenize_faults.py).
             compute=ray.data.ActorPoolStrategy(size=min(cfg.ray.concurrency, blocks), max_tasks_in_flight_per_actor=1),
             **remote_args)
         bar = tqdm(total=len(items), unit="chunk", desc="tokenize", dynamic_ncols=True)

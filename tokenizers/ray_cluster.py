@@ -25,6 +25,10 @@ from narrator.errors import NarratorError
 from narrator.tokenizers.config import RAY_ADDRESS, RayConfig
 
 
+# Ray's switch for the per-node Prometheus exporter (its dashboard agent's metrics port).
+METRICS = "RAY_enable_metrics_collection"
+
+
 @dataclass
 class RaySession:
     """The Ray this run uses, as the user is told."""
@@ -109,14 +113,16 @@ def check_address(cfg: RayConfig) -> tuple[str, str]:
 
 
 def _start_local() -> _Connected:
-    """A new Ray for this run only, even when another one runs on this machine: no dashboard, and
-    unless RAY_AUTH_MODE says otherwise, token authentication with a secret made for this run (Ray
-    binds its ports on every interface, so the token is what keeps others out). No file is left behind."""
-    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    """A new Ray for this run only, even when another one runs on this machine: no dashboard, no metrics
+    export, and unless RAY_AUTH_MODE says otherwise, token authentication with a secret made for this run
+    (Ray binds its ports on every interface, so the token is what keeps others out). No file is left behind."""
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", METRICS)}
+    if saved[METRICS] is None:  # one server less listening on every interface, unauthenticated
+        os.environ[METRICS] = "0"
     if saved["RAY_AUTH_MODE"] is None:
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # inherited by Ray's processes, never written out
-        _reload_ray_config()
+    _reload_ray_config()
     try:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)

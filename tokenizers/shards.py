@@ -11,17 +11,20 @@ small object, `shards/<stream>/written/<index:06d>.tar.json`, and readers take b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
 
+from narrator.errors import NarratorError
 from narrator.tokenizers import storage
 
 
@@ -89,10 +92,16 @@ def log_written(out: storage.Location, stream: str, shard: WrittenShard) -> None
                            json.dumps(asdict(shard)) + "\n")
         return
     log = Path(out) / "shards" / stream / WRITTEN_LOG
-    with open(log, "a") as f:
-        f.write(json.dumps(asdict(shard)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(log, "a") as f:
+            f.write(json.dumps(asdict(shard)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # the shard is in place: a rerun hashes it, since its record is missing or torn
+        reason = storage.write_fault(e, log)
+        if reason is None:
+            raise
+        raise NarratorError(f"{log}: cannot write ({reason}); free space and rerun the same command") from None
 
 
 def read_written(out: storage.Location, stream: str) -> dict[str, WrittenShard]:
@@ -138,25 +147,41 @@ class ShardWriter:
     def write(self, record: ChunkRecord, codes: np.ndarray) -> None:
         if codes.ndim not in (1, 2) or codes.shape[-1] != record.frames:
             raise ValueError(f"tokens of shape {codes.shape} do not match {record.frames} frames")
-        self._writer.write({
-            "__key__": sample_key(record.book, record.chunk),
-            f"{record.stream}.npy": encode_npy(codes.astype(np.int16)),
-            "json": json.dumps(asdict(record)).encode(),
-        })
+        with self._disk_full():
+            self._writer.write({
+                "__key__": sample_key(record.book, record.chunk),
+                f"{record.stream}.npy": encode_npy(codes.astype(np.int16)),
+                "json": json.dumps(asdict(record)).encode(),
+            })
         self.samples += 1
         self.tokens += int(codes.size)
 
     def close(self) -> WrittenShard:
-        self._writer.close()
-        with open(self._tmp, "rb") as f:
-            os.fsync(f.fileno())
+        with self._disk_full():
+            self._writer.close()
+            with open(self._tmp, "rb") as f:
+                os.fsync(f.fileno())
         done = WrittenShard(self.name, self.samples, self.tokens, self._tmp.stat().st_size, file_sha256(self._tmp))
         storage.upload(self._tmp, self.path)
         return done
 
     def abort(self) -> None:
-        self._writer.close()
+        with contextlib.suppress(OSError):  # on a full disk the tar's closing blocks fail too: the file goes anyway
+            self._writer.close()
         self._tmp.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _disk_full(self) -> Iterator[None]:
+        """A full disk or a file-size limit: the partial file is removed and the fault is one NarratorError."""
+        try:
+            yield
+        except OSError as e:
+            reason = storage.write_fault(e, self._tmp)
+            if reason is None:
+                raise
+            self.abort()
+            raise NarratorError(f"{self.path}: cannot write the shard ({reason}); removed the partial file, finished "
+                                "shards are kept; free space and rerun the same command") from None
 
     def __enter__(self) -> "ShardWriter":
         return self

@@ -237,7 +237,8 @@ def write_fault(e: BaseException, path: Location) -> str | None:
 
 
 def write_bytes(location: Location, data: bytes) -> None:
-    """Write `data` to `location` atomically (parent folders made as needed)."""
+    """Write `data` to `location` atomically (parent folders made as needed); a full disk is one NarratorError
+    and leaves the file as it was."""
     if not is_url(location):
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
