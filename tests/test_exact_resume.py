@@ -3,7 +3,7 @@
 The loader resumed at a saved position yields exactly the batches the uninterrupted loader yields
 next (0, 1, 2 workers and a mix), and `trainer/run.py` killed with SIGKILL 5 times and rerun each time
 ends with the weights and metrics of a run that was never interrupted (dropout on, shuffled data in a
-DataLoader worker, losses averaged over 2 steps per record).
+DataLoader worker, 2 micro-batches per step, losses averaged over 2 steps per record).
 """
 
 import dataclasses
@@ -86,7 +86,7 @@ def test_a_position_under_another_deal_starts_a_fresh_epoch_past_every_one_begun
     assert fresh == DataPosition(other, [WorkerPosition((SourcePosition(10), SourcePosition(10)), 3072)] * 3)
 
 
-def test_a_resume_with_other_workers_says_the_position_does_not_carry_over(token_folder, tmp_path, capsys):
+def test_a_resume_with_other_workers_or_without_a_position_says_it_starts_a_fresh_epoch(token_folder, tmp_path, capsys):
     argv = ["--config", str(TINY), "--set", f"data.manifest={token_folder}", "--set", f"out={tmp_path}"]
     assert run.main(argv + ["--set", "max_steps=3"]) == 0
     assert [p.data.deal.workers for p in read_process_states(latest_checkpoint(tmp_path))] == [1]
@@ -96,12 +96,16 @@ def test_a_resume_with_other_workers_says_the_position_does_not_carry_over(token
     out = capsys.readouterr().out
     assert (f"data position: {checkpoint_dir(tmp_path, 5)} was read with workers 1 -> 2, so its position does not "
             "carry over: every token folder starts afresh at epoch 1") in out
-    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == list(range(1, 8))
+    (checkpoint_dir(tmp_path, 7) / "process_0.json").unlink()  # as a checkpoint written before positions existed
+    assert run.main(argv + ["--set", "max_steps=9", "--set", "data.num_workers=2"]) == 0
+    assert (f"data position: {checkpoint_dir(tmp_path, 7)} holds none (an older checkpoint), so every token folder "
+            "starts afresh at epoch 7") in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == list(range(1, 10))
 
 
 # --- killed 5 times at random moments, resumed each time --------------------------------------------------
 
-KILL_SETTINGS = ["model.dropout=0.1", "data.num_workers=1", "max_steps=30", "checkpoint_every=3", "log_every=2",
+KILL_SETTINGS = ["model.dropout=0.1", "data.num_workers=1", "grad_accum=2", "max_steps=30", "checkpoint_every=3", "log_every=2",
                  "eval_every=5", "plot_every=30", "keep_checkpoints=2"]
 
 
