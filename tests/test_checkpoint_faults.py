@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
+from narrator.errors import NarratorError
 from narrator.trainer import run
 from narrator.trainer.checkpoint import list_checkpoints, load_for_inference, read_state
 from narrator.trainer.metrics import read_metrics
@@ -63,6 +65,11 @@ def test_a_save_killed_midway_is_never_loaded_and_resume_takes_the_previous_chec
     assert not (partial / "trainer_state.json").is_file() or partial not in complete  # never listed
 
     step = read_state(previous).step
+    refused = f"{partial}: an incomplete checkpoint (its save or deletion was killed), never loaded"
+    assert run.main([*argv(token_folder, out, f"max_steps={step + 2}"), "--resume", str(partial)]) == 1
+    assert refused in capsys.readouterr().err
+    with pytest.raises(NarratorError, match=re.escape(refused)):
+        load_for_inference(partial)  # narrator generate --checkpoint PATH
     assert run.main(argv(token_folder, out, f"max_steps={step + 2}", "checkpoint_every=1000")) == 0
     printed = capsys.readouterr().out
     assert f"removed {partial}: an incomplete checkpoint of a killed save (never loaded)" in printed

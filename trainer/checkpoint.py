@@ -43,6 +43,7 @@ STREAMS_NAME = "streams.json"
 # The output embedding is the input embedding (model.py ties them): safetensors stores it once.
 TIED = {"lm_head.weight": "transformer.wte.weight"}
 _STEP_DIR = re.compile(r"step_(\d{7,})")
+_INCOMPLETE_DIR = re.compile(r"step_\d{7,}\.(tmp|old)")
 _PROCESS_FILE = re.compile(r"process_(\d+)\.json")
 
 
@@ -226,9 +227,17 @@ def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTCon
     return state
 
 
+def check_complete(path: Path) -> None:
+    """Refuse a folder that a killed save (step_X.tmp) or deletion (step_X.old) left: it may lack files."""
+    if _INCOMPLETE_DIR.fullmatch(Path(path).name):
+        raise NarratorError(f"{path}: an incomplete checkpoint (its save or deletion was killed), never loaded; "
+                            "give a step_NNNNNNN folder or the training output folder")
+
+
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, GPTConfig, CheckpointMeta]:
     """The model of a checkpoint folder, or of the latest checkpoint in a training output folder, in eval mode."""
     path = Path(path)
+    check_complete(path)
     if not (path / STATE_NAME).is_file():
         latest = latest_checkpoint(path)
         if latest is None:

@@ -38,8 +38,9 @@ from narrator.streaming.dataset import (EpochCoverage, TrainBatch, build_train_l
 from narrator.streaming.layout import FlatLayout, Layout
 from narrator.streaming.position import DataDeal, DataPosition, carry_over
 from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
-from narrator.trainer.checkpoint import (ProcessState, TrainerState, latest_checkpoint, list_checkpoints,
-                                         read_process_states, read_state, resume_checkpoint, save_checkpoint)
+from narrator.trainer.checkpoint import (ProcessState, TrainerState, check_complete, latest_checkpoint,
+                                         list_checkpoints, read_process_states, read_state, resume_checkpoint,
+                                         save_checkpoint)
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.metrics import MetricsLog, StepMetrics, tracker_backend
 from narrator.trainer.model import GPT
@@ -320,6 +321,7 @@ def resume_point(cfg: TrainConfig, out: Path) -> Path | None:
     if cfg.resume == "auto":
         return latest
     path = Path(cfg.resume)
+    check_complete(path)
     checkpoint = path if (path / "trainer_state.json").is_file() else latest_checkpoint(path)
     if checkpoint is None:
         raise NarratorError(f"{path}: resume path is neither a checkpoint nor a folder with checkpoints")
