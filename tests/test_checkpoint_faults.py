@@ -1,5 +1,6 @@
 """Training faults injected into real runs: killed inside a checkpoint save, a full disk while saving, NaN losses."""
 
+import errno
 import hashlib
 import os
 import re
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from narrator.errors import NarratorError
+from narrator.tokenizers import storage
 from narrator.trainer import run
 from narrator.trainer.checkpoint import list_checkpoints, load_for_inference, read_state
 from narrator.trainer.metrics import read_metrics
@@ -153,3 +155,25 @@ def test_skip_nonfinite_skips_and_logs_up_to_n_updates_then_stops(token_folder, 
 def test_skip_nonfinite_is_refused_when_negative(token_folder, tmp_path, capsys):
     assert run.main(argv(token_folder, tmp_path / "run", "optim.skip_nonfinite=-1")) == 1
     assert "'optim.skip_nonfinite': -1 must be >= 0" in capsys.readouterr().err
+
+
+FAULT_OF_TORCH_SAVE = """
+import resource, signal, sys, torch
+from narrator.tokenizers import storage
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    torch.save({"w": torch.zeros(10_000)}, sys.argv[1])
+except Exception as e:
+    print(type(e).__name__, "->", storage.write_fault(e, sys.argv[1]))
+"""
+
+
+def test_write_fault_names_a_full_disk_however_the_writer_reports_it(tmp_path):
+    # torch.save's C++ writer loses errno ("unexpected pos ..."): the limit in force is what names the fault.
+    result = subprocess.run([sys.executable, "-c", FAULT_OF_TORCH_SAVE, str(tmp_path / "x.pt")], capture_output=True,
+                            text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "RuntimeError -> File too large (file-size limit 4,096 bytes)"
+    assert storage.write_fault(OSError(errno.ENOSPC, "No space left on device"), tmp_path) == "No space left on device"
+    assert storage.write_fault(OSError(errno.EDQUOT, "Disk quota exceeded"), tmp_path) == "Disk quota exceeded"
+    assert storage.write_fault(PermissionError(errno.EACCES, "Permission denied"), tmp_path) is None  # space no cure

@@ -222,7 +222,7 @@ def write_fault(e: BaseException, path: Location) -> str | None:
         if code and int(code[1]) in DISK_FULL:
             return os.strerror(int(code[1]))
         seen = seen.__cause__ or seen.__context__
-    if is_url(path) or not isinstance(e, (OSError, RuntimeError)):
+    if is_url(path) or not isinstance(e, RuntimeError):  # an OSError's errno above is the whole answer
         return None
     # torch.save's C++ writer drops errno ("unexpected pos 576 vs 534"): ask the filesystem and the limits.
     folder = Path(path)
