@@ -134,3 +134,21 @@ def test_a_full_disk_while_writing_shards_is_one_line_keeps_finished_shards_and_
     assert report.shards_written == len(shard_bytes(reference)) - len(done) and not report.failed
     assert shard_bytes(out) == shard_bytes(reference)
     assert Manifest.load(out).shards == Manifest.load(reference).shards
+
+
+def _file_limit() -> None:
+    _fault_hook()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+
+def test_a_full_disk_while_saving_the_random_codec_weights_is_one_line(tmp_path, books):
+    out = tmp_path / "tokens"
+    # No file may grow past 1 MiB: the random EnCodec weights (~60 MB) are the first file that cannot be written.
+    result = subprocess.run([sys.executable, "-m", "narrator.cli", "tokenize", "--out", str(out),
+                             *(x for s in SETTINGS for x in ("--set", s)), str(books[0])],
+                            capture_output=True, text=True, timeout=180, preexec_fn=_file_limit, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    weights = out / random_weights_name(0)
+    assert [line for line in result.stderr.splitlines() if "error" in line.lower()] == [
+        f"narrator tokenize: error: {weights}: cannot write (File too large); free space and rerun the same command"]
+    assert not list(out.iterdir())  # no partial weights file

@@ -95,7 +95,7 @@ def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str],
         _save_weights(codec, out, random_weights_name(cfg.encodec.weights.seed))
     if embedder is not None and embedder.weights_identity().mode == "random" and embedder.weights_identity().file is None:
         _save_weights(embedder, out, random_whisper_name(cfg.whisper.model, cfg.whisper.weights.seed))
-    with _staged(out, [CONFIG_NAME]) as local:
+    with _staged(out, [CONFIG_NAME]) as local, _writing(storage.join(local, CONFIG_NAME)):
         save_config(cfg, storage.join(local, CONFIG_NAME))
     report = TokenizeReport(out)
     plan = ShardPlan.load(out)
@@ -247,8 +247,22 @@ def _embedder(cfg: TokenizeConfig, out: storage.Location) -> WhisperEmbedder:
 
 def _save_weights(model: EncodecTokenizer | WhisperEmbedder, out: storage.Location, name: str) -> None:
     """Keep a model's random weights in OUT as `name`."""
-    with _staged(out, [name]) as local:
+    with _staged(out, [name]) as local, _writing(storage.join(local, name)):
         model.save_weights(storage.join(local, name))
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A full disk (or a file-size limit) while writing the local file `path` (through `path`.tmp) is one
+    NarratorError naming it; the partial temporary file is removed."""
+    try:
+        yield
+    except Exception as e:  # safetensors' and yaml's writers report it in their own exception types
+        reason = storage.write_fault(e, path)
+        if reason is None:
+            raise
+        Path(f"{path}{storage.TEMP_SUFFIX}").unlink(missing_ok=True)
+        raise NarratorError(f"{path}: cannot write ({reason}); free space and rerun the same command") from None
 
 
 @contextlib.contextmanager
