@@ -115,8 +115,10 @@ def test_a_full_disk_while_writing_shards_is_one_line_keeps_finished_shards_and_
         if proc.poll() is None:
             proc.kill()
     printed = out.with_suffix(".log").read_text()
-    # Ray's own log sink in the driver hits the same limit and says so; nothing else looks like an error.
-    ray_log = re.compile(r"\[ray_log_sink\] Failed flush to file .*: File too large$")
+    # Ray's own log sink in the driver hits the same limit and says so, and Ray may report a task it could not hand
+    # to the actor pool it shut down when the run stopped; nothing else looks like an error.
+    ray_log = re.compile(r"\[ray_log_sink\] Failed flush to file .*: File too large$|"
+                         r"\(raylet\).* Task .*submit failed.*killed by `ray\.kill`\.$")
     others = [line for line in printed.splitlines()
               if "error" in line.lower() and "narrator tokenize: error:" not in line and not ray_log.search(line)]
     assert "Traceback" not in printed and others == [], printed
