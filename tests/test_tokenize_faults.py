@@ -92,6 +92,7 @@ def test_an_actor_killed_mid_run_is_replaced_and_its_chunks_encoded_again(tmp_pa
     assert not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE
     printed = out.with_suffix(".log").read_text()
     assert "Traceback" not in printed
+    assert "so the task will be retried" in printed  # the actor died holding a batch, and Ray ran it again
     assert shard_bytes(out) == shard_bytes(reference)
     assert Manifest.load(out).shards == Manifest.load(reference).shards
 
