@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     _common(p)
 
+    p = sub.add_parser("report", help="write RUN/report.html: a run's curves, config, tokens and audio in one file")
+    p.add_argument("run", type=Path, help="training output folder (config.yaml, metrics.jsonl, samples/)")
+    p.add_argument("--max-audio", dest="max_audio", type=int, default=24,
+                   help="continuations given a player, evenly spaced, the last always (default 24)")
+
     p = sub.add_parser("estimate", help="GPU memory of a training config per ZeRO stage / offload, and what fits")
     p.add_argument("--gpu-memory", dest="gpu_memory", default="16GiB", help="memory of one GPU, e.g. 16GiB, 16GB, 80GiB")
     p.add_argument("--num-gpus", dest="num_gpus", type=int, default=1, help="GPUs the state is spread over (default 1)")
@@ -172,6 +177,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             "checkpoint": "checkpoint", "semantic_checkpoint": "semantic_checkpoint", "prompt": "prompt", "prompt_seconds": "prompt_seconds",
             "seconds": "seconds", "out": "out", "temperature": "temperature", "top_k": "top_k", "seed": "seed"}))
         generate(cfg)
+    elif args.command == "report":
+        from narrator.trainer.report import write_report
+
+        print(f"wrote {write_report(args.run, args.max_audio)}")
     elif args.command == "estimate":
         from narrator.trainer.estimate import run_estimate
 

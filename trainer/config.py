@@ -72,6 +72,12 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     eval_every: int = 100
     eval_batches: int = 10  # the same validation batches every time
+    # At each evaluation, a fixed validation prompt continued by the model, heard in OUT/samples and the trackers.
+    eval_audio_seconds: float = 2.0  # audio generated after the prompt; 0: none
+    eval_audio_prompt_seconds: float = 1.0  # the start of the first validation window (at most the whole window)
+    eval_audio_temperature: float = 1.0
+    eval_audio_top_k: int | None = 250
+    eval_audio_seed: int = 0  # the same at every evaluation: successive samples differ only by the model
     log_every: int = 10
     plot_every: int = 100
     checkpoint_every: int = 100
@@ -85,6 +91,12 @@ class TrainConfig:
                      "plot_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"'{name}': {getattr(self, name)} must be >= 1")
+        if self.eval_audio_seconds < 0 or self.eval_audio_prompt_seconds <= 0 or self.eval_audio_temperature < 0:
+            raise ConfigError(f"'eval_audio_seconds' {self.eval_audio_seconds} must be >= 0, "
+                              f"'eval_audio_prompt_seconds' {self.eval_audio_prompt_seconds} > 0 and "
+                              f"'eval_audio_temperature' {self.eval_audio_temperature} >= 0")
+        if self.eval_audio_top_k is not None and self.eval_audio_top_k < 1:
+            raise ConfigError(f"'eval_audio_top_k': {self.eval_audio_top_k} must be >= 1 (or null: no limit)")
         if not self.data.sources:
             raise ConfigError("'data.manifest' is required: the token folder made by `narrator tokenize` "
                               "(or data.mix: several folders with weights)")

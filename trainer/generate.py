@@ -21,13 +21,13 @@ import yaml
 from narrator.config import save_config
 from narrator.errors import NarratorError
 from narrator.streaming.layout import LAYOUTS, Layout, make_layout
+from narrator.tokenizers import storage
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.chunking import grid_steps
-from narrator.tokenizers.encodec import load_tokenizer
-from narrator.tokenizers.manifest import ACOUSTIC, SEMANTIC, SLOT_SECONDS
-from narrator.tokenizers.semantic import load_semantic_tokenizer
+from narrator.tokenizers.encodec import EncodecTokenizer, load_tokenizer
+from narrator.tokenizers.manifest import ACOUSTIC, SEMANTIC, SLOT_SECONDS, StreamInfo
 from narrator.trainer.checkpoint import CheckpointMeta, layout_name, load_for_inference
-from narrator.trainer.model import GPTConfig
+from narrator.trainer.model import GPT, GPTConfig
 
 
 @dataclass
@@ -63,6 +63,38 @@ def tokens_to_audio(tokens: np.ndarray, layout: Layout, decode: Callable[[np.nda
     return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), len(runs) - 1
 
 
+def continue_tokens(model: GPT, prompt: torch.Tensor, new_tokens: int, layout: Layout, temperature: float,
+                    top_k: int | None, seed: int) -> np.ndarray:
+    """The prompt's tokens [T] (on the model's device) and `new_tokens` sampled after them.
+
+    Samples are drawn from a generator of their own, seeded with `seed`: the global RNG (a training
+    run's dropout) is untouched. Past block_size the context moves in whole units, as training
+    windows start on one (GPT.generate).
+    """
+    generator = torch.Generator(device=prompt.device).manual_seed(seed)
+    return model.generate(prompt[None], new_tokens, temperature=temperature, top_k=top_k, generator=generator,
+                          align=layout.unit_tokens)[0].cpu().numpy()
+
+
+def load_codec(info: StreamInfo, device: str | torch.device, weights_dirs: list[storage.Location]) -> EncodecTokenizer:
+    """The EnCodec an acoustic stream was made with, its weights checked against the stream's record.
+
+    Random-init weights are read from the first of `weights_dirs` (checkpoint or token folders, local
+    or URLs) that keeps their file; pretrained ones come the usual way (download or local checkpoint).
+    """
+    if "encodec" not in info.config:
+        raise NarratorError(f"stream {info.name!r} (config_hash {info.config_hash}) records no EnCodec config to "
+                            "decode its codes with")
+    file = info.weights.file if info.weights.mode == "random" else None
+    local = [Path(d) for d in weights_dirs if not storage.is_url(d)]
+    if file and not any((d / file).is_file() for d in local):  # a token folder in an object store
+        for url in (storage.join(d, file) for d in weights_dirs if storage.is_url(d)):
+            if storage.exists(url):
+                with storage.local_copy(url) as copy:
+                    return load_tokenizer(info, device=str(device), weights_dirs=[copy.parent])
+    return load_tokenizer(info, device=str(device), weights_dirs=local)
+
+
 def checkpoint_layout(meta: CheckpointMeta, model_cfg: GPTConfig) -> Layout:
     """The layout a checkpoint was trained with, refused unless its vocabulary and special tokens match the model's."""
     name = layout_name(meta.state.layout)
@@ -95,9 +127,11 @@ def generate_two_stage(cfg: GenerateConfig, device: torch.device, coarse: tuple)
     if ids_a.config_hash != ids_b.config_hash:
         raise NarratorError(f"{semantic_meta.path}: trained on semantic ids config_hash {ids_b.config_hash}, but "
                             f"{prefix_meta.path} on {ids_a.config_hash}: both stages need the same semantic tokens")
+    from narrator.tokenizers.semantic import load_semantic_tokenizer  # Whisper: not imported by the trainer
+
     info = prefix_meta.stream(ACOUSTIC)
     weights_dirs = [prefix_meta.path, *token_folder(prefix_meta.path)]
-    codec = load_tokenizer(info, device=str(device), weights_dirs=weights_dirs)
+    codec = load_codec(info, device, weights_dirs)
     semantic = load_semantic_tokenizer(ids_a, str(device), weights_dirs)
 
     audio_info = probe(cfg.prompt)
@@ -172,7 +206,7 @@ def generate(cfg: GenerateConfig) -> Path:
     streams = {s.name: s for s in meta.streams}
     info = streams[ACOUSTIC]
     weights_dirs = [meta.path, *token_folder(meta.path)]
-    tokenizer = load_tokenizer(info, device=str(device), weights_dirs=weights_dirs)
+    tokenizer = load_codec(info, device, weights_dirs)
 
     # The prompt, in whole 40 ms slots, as the model saw tokens: every stream of its layout.
     audio_info = probe(cfg.prompt)
@@ -181,17 +215,16 @@ def generate(cfg: GenerateConfig) -> Path:
     prompt_audio = read_segment(audio_info, 0.0, prompt_seconds)
     prompt_streams = {ACOUSTIC: tokenizer.encode(prompt_audio)}
     if SEMANTIC in LAYOUTS[name]:
+        from narrator.tokenizers.semantic import load_semantic_tokenizer  # Whisper: not imported by the trainer
+
         semantic = load_semantic_tokenizer(streams[SEMANTIC], str(device), weights_dirs)
         prompt_streams[SEMANTIC] = semantic.assigner.assign(semantic.embedder.embed(prompt_audio)).astype(np.int64)
-    prompt_tokens = torch.from_numpy(layout.encode(prompt_streams)).long()[None].to(device)
+    prompt_tokens = torch.from_numpy(layout.encode(prompt_streams)).long().to(device)
 
     new_tokens = grid_steps(cfg.seconds) * layout.slot_tokens
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    # Past block_size the context moves in whole units, as training windows start on one (GPT.generate).
-    tokens = model.generate(prompt_tokens, new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                            generator=generator, align=layout.unit_tokens)[0].cpu().numpy()
+    tokens = continue_tokens(model, prompt_tokens, new_tokens, layout, cfg.temperature, cfg.top_k, cfg.seed)
     if not cfg.include_prompt:
-        tokens = tokens[prompt_tokens.shape[1]:]
+        tokens = tokens[len(prompt_tokens):]
     audio, boundaries = tokens_to_audio(tokens, layout, tokenizer.decode, info.sample_rate)
     if boundaries:
         print(f"the model sampled {boundaries} recording boundar{'y' if boundaries == 1 else 'ies'}: "
@@ -203,11 +236,24 @@ def generate(cfg: GenerateConfig) -> Path:
 
 def _write(cfg: GenerateConfig, audio: np.ndarray, sample_rate: int, what: str) -> Path:
     """The wav (written under a temporary name, then renamed) and the resolved config beside it."""
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    sf.write(tmp, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
-    tmp.replace(out)
+    out = write_wav(Path(cfg.out), audio, sample_rate)
     save_config(cfg, out.with_suffix(".yaml"))
     print(f"wrote {out}: {len(audio) / sample_rate:.1f} s ({what})")
     return out
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """16-bit PCM, written under a temporary name and renamed: a reader never sees half a file. A full disk
+    (or file-size limit) is one NarratorError naming the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        sf.write(tmp, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
+    except Exception as e:  # libsndfile reports a full disk without its errno
+        tmp.unlink(missing_ok=True)
+        reason = storage.write_fault(e, tmp)
+        if reason is None:
+            raise
+        raise NarratorError(f"{path}: cannot write the audio ({reason})") from None
+    tmp.replace(path)
+    return path

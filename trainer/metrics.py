@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from accelerate import Accelerator
 from accelerate.utils import is_tensorboard_available
 from matplotlib.figure import Figure
@@ -26,6 +28,7 @@ class StepMetrics:
     val_loss_per_codebook: list[float] | None = None  # flat layout only: codebook 0 (coarsest) first
     epoch_coverage: list[dict] | None = None  # epochs finished since the last record: {epoch, tokens, covered, share}
     skipped_nonfinite: int | None = None  # updates skipped for a non-finite loss since the last record
+    sample: str | None = None  # audio generated at this evaluation, relative to OUT (eval_audio.py)
 
 
 def tracker_backend() -> str | None:
@@ -48,13 +51,24 @@ class MetricsLog:
         if self.accelerator.is_main_process:
             with open(self.path, "a") as f:
                 f.write(json.dumps(values) + "\n")
-        scalars = {k: v for k, v in values.items() if not isinstance(v, (list, dict)) and k != "step"}
+        scalars = {k: v for k, v in values.items() if not isinstance(v, (list, dict)) and k not in ("step", "sample")}
         scalars.update({f"val_loss_group/{k}": v for k, v in (record.val_loss_per_group or {}).items()})
         scalars.update({f"val_loss_stream/{k}": v for k, v in (record.val_loss_per_stream or {}).items()})
         scalars.update({f"val_loss_codebook_{k}": v for k, v in enumerate(record.val_loss_per_codebook or [])})
         if record.epoch_coverage:
             scalars["window_coverage"] = record.epoch_coverage[-1]["share"]
         self.accelerator.log(scalars, step=record.step)
+
+    def log_audio(self, tag: str, audio: np.ndarray, sample_rate: int, step: int) -> None:
+        """Mono float audio to the trackers that play it: TensorBoard, and W&B where it is the tracker. Main process."""
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.tracker.add_audio(tag, torch.from_numpy(np.clip(audio, -1.0, 1.0))[None], step, sample_rate)
+                tracker.tracker.flush()
+            elif tracker.name == "wandb":  # not installed here: untested
+                import wandb
+
+                tracker.tracker.log({tag: wandb.Audio(audio, sample_rate=sample_rate)}, step=step)
 
     def plot(self) -> None:
         if self.accelerator.is_main_process:

@@ -42,6 +42,7 @@ from narrator.trainer.checkpoint import (ProcessState, TrainerState, check_compl
                                          list_checkpoints, read_process_states, read_state, resume_checkpoint,
                                          save_checkpoint)
 from narrator.trainer.config import TrainConfig
+from narrator.trainer.eval_audio import EvalAudio
 from narrator.trainer.metrics import MetricsLog, StepMetrics, tracker_backend
 from narrator.trainer.model import GPT
 from narrator.trainer.optim import build_optimizer
@@ -147,6 +148,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
 
     metrics = MetricsLog(accelerator, out, state.step)
     accelerator.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
+    # Audio at each evaluation: the first validation window's start continued (main process; None if off or unable).
+    eval_audio = EvalAudio.start(cfg, out, accelerator, layout, val_batches[0][0][0], streams, manifest_dir, metrics)
     last_checkpoint = start
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main_process, unit="step", dynamic_ncols=True)
     window = Window(carried.losses, carried.tokens, carried.seconds)
@@ -182,6 +185,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
             val = (evaluate(accelerator, model, val_batches, layout)
                    if final or state.step % cfg.eval_every == 0 else None)
             val_loss = val.overall if val is not None else val_loss
+            sample = (eval_audio.sample(accelerator.unwrap_model(model), state.step)
+                      if val is not None and eval_audio is not None else None)
             progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.rate:,.0f}", refresh=False)
             for line in coverage.lines():
                 if main_process:
@@ -189,6 +194,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
             if final or val is not None or state.step % cfg.log_every == 0:
                 record = window.record(state.step, lr, val, coverage.records(), layout)
                 record.skipped_nonfinite, unlogged_skips = unlogged_skips or None, 0
+                record.sample = sample
                 metrics.log(record)
             if state.step % cfg.plot_every == 0:
                 metrics.plot()
