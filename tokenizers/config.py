@@ -11,6 +11,9 @@ from narrator.errors import ConfigError
 SAMPLE_RATE = 24_000
 FRAME_GRID_SECONDS = 0.04  # lcm of EnCodec's 75 Hz and Whisper's 50 Hz frame periods
 ENCODEC_BANDWIDTHS = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}  # kbps -> codebooks
+# What a tokenizer model computes in: fp32, or its convolutions and matmuls under fp16/bf16 autocast (GPUs: several
+# times faster). Half-precision tokens differ from fp32 ones, so it is part of the stream's config.
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass
@@ -26,6 +29,7 @@ class WeightsConfig:
 class EncodecConfig:
     bandwidth: float = 3.0  # kbps: 1.5 -> 2 codebooks, 3.0 -> 4 codebooks (x 1024 codes, 75 Hz)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
+    precision: Precision = "fp32"  # the encoder's; bf16/fp16 for GPU actors (ray.num_gpus > 0); code search in fp32
 
     def __post_init__(self) -> None:
         if self.bandwidth not in ENCODEC_BANDWIDTHS:
@@ -56,6 +60,7 @@ class WhisperConfig:
     model: str = "tiny"  # one of whisper.available_models()
     layer: int = -1  # -1: final output after ln_post; i in [0, n_layer): output of block i (before ln_post)
     weights: WhisperWeightsConfig = field(default_factory=WhisperWeightsConfig)
+    precision: Precision = "fp32"  # the encoder's; bf16/fp16 for GPU actors (ray.num_gpus > 0); k-means in fp32
 
     def __post_init__(self) -> None:
         if self.model not in WHISPER_MODELS:
@@ -127,7 +132,7 @@ class RayConfig:
     connect_timeout_s: float = 15.0  # an address that does not answer within this is refused
     concurrency: int = 2  # encoder actors, one EnCodec model each
     num_cpus: float = 1.0  # per actor
-    num_gpus: float = 0.0  # per actor; > 0 runs EnCodec on the GPU
+    num_gpus: float = 0.0  # per actor; > 0 runs the models on the GPU (with encodec/whisper.precision: bf16 there)
     resources: dict[str, float] = field(default_factory=dict)  # custom resources per actor: only nodes that have them run one
     batch_size: int = 4  # chunks per actor call
     torch_threads: int = 1  # intra-op threads per actor

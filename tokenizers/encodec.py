@@ -102,11 +102,19 @@ class EncodecTokenizer:
 
     @torch.inference_mode()
     def encode(self, audio: np.ndarray) -> np.ndarray:
-        """float32 audio [n] or [B, n] at 24 kHz -> int16 codes [K, T] or [B, K, T], T = ceil(n / 320)."""
+        """float32 audio [n] or [B, n] at 24 kHz -> int16 codes [K, T] or [B, K, T], T = ceil(n / 320).
+
+        EncodecModel.encode of the 24 kHz model (one segment, no normalization), with the encoder in
+        `cfg.precision` and the quantizer's nearest-code search in fp32 (half-precision distances would
+        flip near-ties). fp16 frames keep more codes than bf16 ones, whose mantissa has 3 bits less."""
         x = torch.as_tensor(np.asarray(audio, dtype=np.float32), device=self.device)
         batched = x.ndim == 2
         x = x if batched else x[None]
-        (codes, _), = self.model.encode(x[:, None, :])
+        half = self.cfg.precision != "fp32"
+        with torch.autocast(self.device.type, dtype=torch.float16 if self.cfg.precision == "fp16" else torch.bfloat16,
+                            enabled=half):
+            frames = self.model.encoder(x[:, None, :])
+        codes = self.model.quantizer.encode(frames.float(), self.model.frame_rate, self.model.bandwidth).transpose(0, 1)
         codes = codes.to("cpu", torch.int16).numpy()
         return codes if batched else codes[0]
 
@@ -142,8 +150,13 @@ class EncodecTokenizer:
 
 
 def token_config(tcfg: TokenizeConfig) -> dict:
-    """The part of the config that decides the tokens (not where or how fast they are computed)."""
-    return {"encodec": to_dict(tcfg.encodec), "chunking": to_dict(tcfg.chunking)}
+    """The part of the config that decides the tokens (not where or how fast they are computed).
+
+    The precision is recorded when it is not fp32, so folders made before it existed keep their hash."""
+    config = {"encodec": to_dict(tcfg.encodec), "chunking": to_dict(tcfg.chunking)}
+    if config["encodec"]["precision"] == "fp32":
+        del config["encodec"]["precision"]
+    return config
 
 
 def token_config_hash(tcfg: TokenizeConfig) -> str:

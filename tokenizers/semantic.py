@@ -75,6 +75,8 @@ def semantic_config(tcfg: TokenizeConfig) -> dict:
     config = {"whisper": to_dict(tcfg.whisper), "kmeans": to_dict(tcfg.kmeans), "chunking": to_dict(tcfg.chunking)}
     for key in ("checkpoint", "download_root"):
         config["whisper"]["weights"].pop(key)
+    if config["whisper"]["precision"] == "fp32":  # recorded when not fp32: older folders keep their config
+        del config["whisper"]["precision"]
     config["kmeans"].pop("path")
     return config
 

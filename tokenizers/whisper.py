@@ -87,7 +87,8 @@ def plan_windows(keep_from: int, keep_to: int) -> list[tuple[int, int, int]]:
 
 
 class WhisperEmbedder:
-    """Whisper's audio encoder (only the encoder is kept), in eval mode on `device`, cut at `cfg.layer`."""
+    """Whisper's audio encoder (only the encoder is kept), in eval mode on `device`, cut at `cfg.layer`; its
+    convolutions and matmuls run in `cfg.precision` (weights and log-mel stay fp32), the embeddings come out fp32."""
 
     frame_rate = FRAME_RATE
     sample_rate = SAMPLE_RATE  # of the audio it is given; it resamples to 16 kHz itself
@@ -185,12 +186,16 @@ class WhisperEmbedder:
         """Book frames [keep_from, keep_to) of each span (first_frame, keep_from, keep_to), where the span's
         audio starts at book frame `first_frame`; the encoder windows of all spans are batched together."""
         jobs = [_Job(i, *w) for i, (_, lo, hi) in enumerate(spans) for w in plan_windows(lo, hi)]
+        if self.device.type == "cuda":  # every window of the call at once (ray.batch_size chunks) fills a GPU
+            batch_size = max(batch_size, len(jobs))
         audio16 = [soxr.resample(a, SAMPLE_RATE, WHISPER_SAMPLE_RATE).astype(np.float32) if len(a) else a for a in audios]
         out = [np.empty((hi - lo, self.dim), dtype=np.float32) for _, lo, hi in spans]
         for b in range(0, len(jobs), batch_size):
             batch = jobs[b: b + batch_size]
             mels = torch.stack([self._log_mel(audio16[j.span], spans[j.span][0], j.window) for j in batch])
-            feats = self._encode(mels.to(self.device)).float().cpu().numpy()
+            with torch.autocast(self.device.type, enabled=self.cfg.precision != "fp32",
+                                dtype=torch.float16 if self.cfg.precision == "fp16" else torch.bfloat16):
+                feats = self._encode(mels.to(self.device)).float().cpu().numpy()
             for j, f in zip(batch, feats):
                 keep_from, first = spans[j.span][1], j.window * WINDOW_FRAMES
                 out[j.span][j.take_from - keep_from: j.take_to - keep_from] = f[j.take_from - first: j.take_to - first]
@@ -203,7 +208,9 @@ class WhisperEmbedder:
         lead = max(0, (first_frame - window * WINDOW_FRAMES) * _SAMPLES_16K_PER_FRAME)  # zeros before the audio
         start = max(0, (window * WINDOW_FRAMES - first_frame) * _SAMPLES_16K_PER_FRAME)
         piece = torch.from_numpy(audio16[start: start + whisper.audio.N_SAMPLES - lead])
-        return whisper.log_mel_spectrogram(whisper.pad_or_trim(F.pad(piece, (lead, 0))), n_mels=self.n_mels)
+        # On the model's device: a GPU actor would otherwise spend more time on the CPU's STFT than in the encoder.
+        return whisper.log_mel_spectrogram(whisper.pad_or_trim(F.pad(piece, (lead, 0))), n_mels=self.n_mels,
+                                           device=self.device)
 
     @torch.inference_mode()
     def _encode(self, mel: torch.Tensor) -> torch.Tensor:

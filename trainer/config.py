@@ -21,6 +21,9 @@ class ModelConfig:
     bias: bool = False
     vocab_size: int | None = None  # None: taken from the data (codebooks x codebook size)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    # torch.compile the model (in place, before Accelerate wraps it; checkpoints keep their keys). The first steps
+    # compile (seconds to minutes) and the GPU steps get faster; needs a C++ compiler for the CPU.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

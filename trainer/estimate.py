@@ -2,6 +2,9 @@
 
     narrator estimate --config configs/train/gpu16gb.yaml --gpu-memory 16GiB [--num-gpus N] [--json]
 
+It also counts a training token's FLOPs (Workload.train_flops_per_token) and holds the GPUs' bf16
+peaks (BF16_PEAK_TFLOPS), from which trainer/run.py logs TFLOP/s and MFU.
+
 The model is counted from its shape, not built. What each term assumes (checked on the CPU by
 tests/test_estimate.py and on an H100 by benchmarks/gpu_bench.py, see benchmarks/RESULTS.md):
 
@@ -38,6 +41,8 @@ import json
 import re
 from dataclasses import dataclass
 
+import torch
+
 from narrator.errors import ConfigError, NarratorError
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.model import PRESETS
@@ -48,6 +53,9 @@ OVERHEAD_BYTES = 1 * GiB  # CUDA context (~0.5 GiB with torch 2.x), cuBLAS works
 DS_REDUCE_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size, in elements
 # ZeRO-1/2/3 (not offload) left 1.9-2.5 GiB reserved beyond the allocated peak on an H100 (benchmarks/RESULTS.md).
 DS_ALLOCATOR_SLACK = int(2.5 * GiB)
+# Dense (no sparsity) bf16 tensor-core peak of one GPU in TFLOP/s, from the vendors' datasheets: MFU's denominator.
+# Matched against torch.cuda.get_device_name(), longest name first ("H100 PCIe" before "H100", "L40S" before "L4").
+BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -103,6 +111,14 @@ class Workload:
         d, L = self.n_embd, self.n_layer
         per_layer = 12 * d * d + 2 * d + (11 * d if self.bias else 0)  # 4 matmuls, 2 LayerNorms (+ biases)
         return self.vocab_size * d + self.block_size * d + L * per_layer + d * (2 if self.bias else 1)
+
+    @property
+    def train_flops_per_token(self) -> int:
+        """FLOPs of one training token, nanoGPT's estimate_mfu (PaLM appendix B): 6 N for the weights
+        (forward 2 N, backward 4 N; the tied embedding counted once, as in `params`) plus 12 L d T for
+        attention's scores and weighted sum at block size T. With activation checkpointing the
+        recomputed forward (2 N more) is not counted: MFU counts the model's FLOPs, not the hardware's."""
+        return 6 * self.params + 12 * self.n_layer * self.n_embd * self.block_size
 
     @property
     def matmul_params(self) -> int:
@@ -351,3 +367,14 @@ def run_estimate(path: str | None, overrides: list[str], gpu_memory: str, num_gp
     size = parse_size(gpu_memory)
     report = estimate_config(load_train_config(path, overrides), size, num_gpus, config_name=path or "defaults")
     return report.to_json() if as_json else report.table()
+
+
+def peak_tflops(device: str | torch.device) -> float | None:
+    """The dense bf16 peak of `device`; None off CUDA or for a GPU not listed (MFU unknown)."""
+    device = torch.device(device)
+    return bf16_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
+def bf16_peak(gpu_name: str) -> float | None:
+    """BF16_PEAK_TFLOPS of a GPU named as torch.cuda.get_device_name says ("NVIDIA H100 80GB HBM3"), or None."""
+    return next((BF16_PEAK_TFLOPS[k] for k in sorted(BF16_PEAK_TFLOPS, key=len, reverse=True) if k in gpu_name), None)

@@ -22,6 +22,8 @@ class StepMetrics:
     train_loss: float  # mean over processes and over the steps since the previous record
     lr: float  # used by this step's update
     tokens_per_s: float  # all processes together, training time only
+    tflops: float | None = None  # achieved TFLOP/s, all processes: tokens_per_s x 6N + 12 L d T (estimate.py)
+    mfu: float | None = None  # tflops over the GPUs' dense bf16 peak; None off CUDA or on a GPU without a known peak
     val_loss: float | None = None  # when evaluated at this step
     val_loss_per_group: dict[str, float] | None = None  # per layout group: "semantic", "acoustic/cb0", ...
     val_loss_per_stream: dict[str, float] | None = None  # per token stream the layout reads

@@ -42,6 +42,7 @@ from narrator.trainer.checkpoint import (ProcessState, TrainerState, check_compl
                                          list_checkpoints, read_process_states, read_state, resume_checkpoint,
                                          save_checkpoint)
 from narrator.trainer.config import TrainConfig
+from narrator.trainer.estimate import peak_tflops, workload_from_config
 from narrator.trainer.eval_audio import EvalAudio
 from narrator.trainer.metrics import MetricsLog, StepMetrics, tracker_backend
 from narrator.trainer.model import GPT
@@ -107,6 +108,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     # Model, optimizer, schedule; then the checkpoint, if resuming (it is checked against the data first).
     model = GPT(model_config)
     n_params = model.num_params()  # counted before prepare(): ZeRO-3 leaves each rank a shard
+    if cfg.model.compile:  # in place (nn.Module.compile): the wrappers and checkpoints see the same module and keys
+        model.compile()
     optimizer = build_optimizer(model, cfg.optim, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainerState(step=0, tokens_seen=0, world_size=world, config_hash=config_hash(cfg),
@@ -152,7 +155,10 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     eval_audio = EvalAudio.start(cfg, out, accelerator, layout, val_batches[0][0][0], streams, manifest_dir, metrics)
     last_checkpoint = start
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main_process, unit="step", dynamic_ncols=True)
-    window = Window(carried.losses, carried.tokens, carried.seconds)
+    peak = peak_tflops(accelerator.device)
+    window = Window(carried.losses, carried.tokens, carried.seconds,
+                    flops_per_token=workload_from_config(cfg).train_flops_per_token,
+                    peak_tflops=peak * world if peak is not None else None)
     coverage = CoverageLog(max(1, cfg.data.num_workers), block, rank if world > 1 else None,
                            [s.manifest for s in cfg.data.sources] if len(folders) > 1 else None,
                            carried.coverage_parts, carried.coverage_unlogged)
@@ -187,7 +193,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
             val_loss = val.overall if val is not None else val_loss
             sample = (eval_audio.sample(accelerator.unwrap_model(model), state.step)
                       if val is not None and eval_audio is not None else None)
-            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.rate:,.0f}", refresh=False)
+            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.rate:,.0f}",
+                                 **({"mfu": f"{window.mfu:.1%}"} if window.mfu is not None else {}), refresh=False)
             for line in coverage.lines():
                 if main_process:
                     progress.write(line)
@@ -437,14 +444,27 @@ class ValLoss:
 
 
 class Window:
-    """Train losses, tokens and seconds since the last metrics record."""
+    """Train losses, tokens and seconds since the last metrics record, and the speed they give: tokens/s,
+    TFLOP/s (`flops_per_token`: estimate.Workload.train_flops_per_token) and MFU (over `peak_tflops`, the
+    processes' summed bf16 peak; None off CUDA)."""
 
-    def __init__(self, losses: Sequence[float] = (), tokens: int = 0, seconds: float = 0.0):
+    def __init__(self, losses: Sequence[float] = (), tokens: int = 0, seconds: float = 0.0, flops_per_token: int = 0,
+                 peak_tflops: float | None = None):
         self.losses: list[float] = list(losses)  # a resumed run goes on with the checkpoint's
         self.tokens = tokens
         self.seconds = seconds
         self.rate = tokens / seconds if seconds > 0 else 0.0
         self.last_loss = math.nan
+        self.flops_per_token = flops_per_token
+        self.peak_tflops = peak_tflops
+
+    @property
+    def tflops(self) -> float:
+        return self.rate * self.flops_per_token / 1e12
+
+    @property
+    def mfu(self) -> float | None:
+        return self.tflops / self.peak_tflops if self.peak_tflops else None
 
     def add(self, loss: float, tokens: int, seconds: float) -> None:
         self.losses.append(loss)
@@ -455,8 +475,10 @@ class Window:
 
     def record(self, step: int, lr: float, val: ValLoss | None, epoch_coverage: list[dict] | None = None,
                layout: Layout | None = None) -> StepMetrics:
+        mfu = self.mfu
         record = StepMetrics(step=step, train_loss=sum(self.losses) / len(self.losses), lr=lr,
-                             tokens_per_s=round(self.rate, 1), epoch_coverage=epoch_coverage or None)
+                             tokens_per_s=round(self.rate, 1), tflops=float(f"{self.tflops:.4g}"),
+                             mfu=None if mfu is None else round(mfu, 4), epoch_coverage=epoch_coverage or None)
         if val is not None:
             record.val_loss = val.overall
             record.val_loss_per_group = {k: round(v, 4) for k, v in val.per_group.items()}
