@@ -49,7 +49,7 @@ SEMANTIC_ACOUSTIC = REPO / "configs" / "tokenize" / "semantic_acoustic.yaml"
 CLIP_SECONDS = 2.0  # the start-up probe
 TOKENIZE_NEEDS = ("ray", "pyarrow", "whisper", "sklearn", "encodec", "soxr", "soundfile")  # import names
 # Steps per preset: a few hundred where a step is short; the whole plan stays near 8 minutes on an H100.
-STEPS = {"base": 300, "medium": 200, "large": 80, "xl": 15}
+STEPS = {"base": 200, "medium": 120, "large": 50, "xl": 10}
 HEADER = ["| run | precision | size | batch | speed | MFU | peak memory (estimate) | wall |",
           "|---|---|---|---|---|---|---|---|"]
 
