@@ -124,3 +124,22 @@ def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == (f"narrator report: error: {tmp_path}: not a training run folder (no config.yaml; `narrator train` "
                    "writes it there with metrics.jsonl and checkpoints/)\n")
+
+
+def test_a_sample_path_outside_the_run_folder_is_not_embedded(tmp_path):
+    """metrics.jsonl may come from someone else: the page must not carry another file of this machine."""
+    run, secret = tmp_path / "run", tmp_path / "secret.wav"
+    sf.write(secret, np.zeros(2400, np.float32), 24000)
+    (run / "samples").mkdir(parents=True)
+    sf.write(run / "samples" / "prompt.wav", np.zeros(2400, np.float32), 24000)
+    (run / "config.yaml").write_text("eval_audio_seconds: 1.0\n")
+    records = [{"step": 1, "train_loss": 2.0, "lr": 0.1, "tokens_per_s": 10.0, "val_loss": 2.5,
+                "sample": "../secret.wav"},
+               {"step": 2, "train_loss": 1.5, "lr": 0.1, "tokens_per_s": 10.0, "val_loss": 2.0, "sample": str(secret)}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert narrator(["report", str(run)]) == 0
+    page = Page((run / "report.html").read_text())
+    assert [label for label, _ in page.audio] == ["prompt"]
+    text = " ".join(page.text)
+    assert "../secret.wav: not embedded (a '..' path;" in text and f"{secret}: not embedded (an absolute path;" in text
+    assert "the config names no token folder" in text and f"{run / 'streams.json'}: missing" in text

@@ -22,6 +22,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from narrator.errors import NarratorError
+from narrator.tokenizers import storage
 from narrator.tokenizers.inspect import inspect_tokens
 from narrator.trainer.checkpoint import STREAMS_NAME, latest_checkpoint, list_checkpoints
 from narrator.trainer.eval_audio import PROMPT_NAME, SAMPLES
@@ -190,7 +191,14 @@ def _plot(title: str, series: Series) -> str:
 
 # --- audio --------------------------------------------------------------------------------------------------------
 
-def _player(path: Path) -> str:
+def _player(run: Path, rel: str) -> str:
+    """An inline player of the wav at `rel` in the run folder; a metrics.jsonl from elsewhere must not make the page
+    carry some other file of this machine."""
+    outside = storage.escape(run, rel)
+    if outside is not None or not rel.endswith(".wav"):
+        return _note(f"{rel}: not embedded ({outside or 'not a .wav file'}; the report plays only wav files inside "
+                     f"{run})")
+    path = run / rel
     if not path.is_file():
         return _note(f"{path}: missing")
     data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -209,10 +217,12 @@ def _audio(run: Path, records: list[dict], config: dict, max_audio: int) -> str:
         shown = [samples[round(i * (len(samples) - 1) / (max_audio - 1))] for i in range(max_audio)] if max_audio > 1 \
             else samples[-1:]
         parts.append(_note(f"{len(shown)} of {len(samples)} samples shown, evenly spaced; all are in {run / SAMPLES}"))
-    rows = [f"<tr><td>prompt</td><td></td><td>{_player(run / SAMPLES / PROMPT_NAME)}</td></tr>"]
+    prompt = _player(run, f"{SAMPLES}/{PROMPT_NAME}")
+    rows = [f"<tr><td>prompt</td><td></td><td>{prompt}</td></tr>"]
     for r in shown:
         val = f"{r['val_loss']:.4f}" if isinstance(r.get("val_loss"), (int, float)) else ""
-        rows.append(f"<tr><td>step {_e(r['step'])}</td><td>{_e(val)}</td><td>{_player(run / r['sample'])}</td></tr>")
+        player = _player(run, str(r["sample"]))
+        rows.append(f"<tr><td>step {_e(r['step'])}</td><td>{_e(val)}</td><td>{player}</td></tr>")
     parts.insert(0, _note(f"each sample continues the prompt (the start of the first validation window) with the "
                           f"same seed ({config.get('eval_audio_seconds', '?')} s, temperature "
                           f"{config.get('eval_audio_temperature', '?')}, top_k {config.get('eval_audio_top_k', '?')}), "
@@ -228,6 +238,8 @@ def _identity(run: Path) -> str:
     if not path.is_file():
         latest = latest_checkpoint(run)
         path = latest / STREAMS_NAME if latest is not None else path
+    if not path.is_file():
+        return _note(f"{path}: missing (training writes it when it starts)")
     try:
         streams = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
