@@ -73,10 +73,11 @@ class Run:
         return [*self.overrides, *(["model.compile=true"] if self.compile else [])]
 
 
-def planned_runs(which: str = "presets", compile_modes: str = "both", steps: int | None = None) -> list[Run]:
+def planned_runs(which: str = "presets", compile_modes: str = "both", steps: int | None = None,
+                 presets: set[str] | None = None) -> list[Run]:
     """Every run: each 16 GB preset as shipped and base for comparison, eager and compiled (`compile_modes`);
     or ("zero") gpu16gb.yaml under ZeRO-1, 2 and 3 on one rank, to check the estimate's DeepSpeed terms.
-    The DeepSpeed offload preset is run eager only unless --compile on."""
+    The DeepSpeed offload preset is run eager only unless --compile on; `presets` keeps only those presets."""
     from narrator.trainer.estimate import load_train_config
 
     modes = {"both": (False, True), "off": (False,), "on": (True,)}[compile_modes]
@@ -89,6 +90,8 @@ def planned_runs(which: str = "presets", compile_modes: str = "both", steps: int
     runs = []
     for config, overrides, recipe in shapes:
         preset = load_train_config(str(REPO / config), list(overrides)).model.preset
+        if presets is not None and preset not in presets:
+            continue
         for compiled in modes:
             if compiled and recipe != "ddp" and compile_modes == "both":
                 continue
@@ -292,7 +295,7 @@ def dry_run(args: argparse.Namespace) -> None:
         for p in dict.fromkeys(("fp32", args.precision)):
             print(f"| bare models (EnCodec + Whisper + k-means), 1 process | {p}, batch {args.tokenize_batch} chunks | "
                   f"{args.tokenize_minutes:g} min audio | (not run) |")
-    for run in planned_runs(args.runs, args.compile, args.steps):
+    for run in planned_runs(args.runs, args.compile, args.steps, args.presets):
         precision = "bf16, compile" if run.compile else "bf16"
         peak = estimate(run).peak / 2**30
         print(f"| train {run.name}, {run.steps} steps | {precision} | | | (not run) | | ({peak:.2f} GiB) | |")
@@ -304,6 +307,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help=f"steps of every training run (default: {STEPS})")
     ap.add_argument("--compile", choices=["both", "off", "on"], default="both",
                     help="train each preset eager and with model.compile (both; DeepSpeed eager only), or one way")
+    ap.add_argument("--presets", type=lambda v: set(v.split(",")), default=None,
+                    help="train only these presets, e.g. base,medium (default: all)")
     ap.add_argument("--runs", choices=["presets", "zero"], default="presets",
                     help="presets: every gpu16gb*.yaml (and base); zero: gpu16gb.yaml under ZeRO-1/2/3 on one rank")
     ap.add_argument("--run-timeout", type=int, default=300, help="seconds one training run may take")
@@ -355,7 +360,7 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
         tokens = work / "tokens"
         write_synthetic(tokens, chunks=200, seconds=30.0, codebooks=4)
-        for i, run in enumerate(planned_runs(args.runs, args.compile, args.steps)):
+        for i, run in enumerate(planned_runs(args.runs, args.compile, args.steps, args.presets)):
             add(training_row(run, tokens, work / f"train{i}", args.run_timeout))
     print("\n" + "\n".join(lines))
 
