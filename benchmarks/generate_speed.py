@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -32,21 +33,35 @@ def timed_generate(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache:
     return time.perf_counter() - start, out
 
 
-def measure(preset: str, args: argparse.Namespace, device: torch.device) -> str:
+@dataclass
+class GenerateSpeed:
+    preset: str
+    params: int
+    new_tokens: int  # batch x new tokens per call
+    without_cache: float  # tokens/s
+    with_cache: float
+    same: bool  # both sides sampled the same tokens
+
+    @property
+    def ratio(self) -> float:
+        return self.with_cache / self.without_cache
+
+
+def measure(preset: str, device: torch.device | str = "cpu", block_size: int = 256, prompt_tokens: int = 64,
+            new_tokens: int = 512, batch: int = 1, top_k: int = 250) -> GenerateSpeed:
+    """Tokens/s of GPT.generate with and without the KV cache, on a random-init `preset` (warm-up calls first)."""
+    device = torch.device(device)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=args.block_size, vocab_size=4097, dropout=0.0, **PRESETS[preset]))
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=4097, dropout=0.0, **PRESETS[preset]))
     model = model.to(device).eval()
-    prompt = torch.randint(0, 4096, (args.batch, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
-    prompt = prompt.to(device)
-    timed_generate(model, prompt, min(args.new_tokens, 16), True, args.top_k)  # warm-up: kernels, allocator
-    timed_generate(model, prompt, min(args.new_tokens, 16), False, args.top_k)
-    cached, cached_out = timed_generate(model, prompt, args.new_tokens, True, args.top_k)
-    full, full_out = timed_generate(model, prompt, args.new_tokens, False, args.top_k)
-    new = args.batch * args.new_tokens
-    same = "yes" if torch.equal(cached_out, full_out) else "no"
-    return (f"| {preset} ({model.num_params() / 1e6:.1f} M) | {args.block_size} | {args.batch} | "
-            f"{args.prompt_tokens} + {args.new_tokens} | {new / full:,.0f} | {new / cached:,.0f} | "
-            f"{full / cached:.1f}x | {same} |")
+    prompt = torch.randint(0, 4096, (batch, prompt_tokens), generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.inference_mode():
+        timed_generate(model, prompt, min(new_tokens, 16), True, top_k)  # warm-up: kernels, allocator
+        timed_generate(model, prompt, min(new_tokens, 16), False, top_k)
+        cached, cached_out = timed_generate(model, prompt, new_tokens, True, top_k)
+        full, full_out = timed_generate(model, prompt, new_tokens, False, top_k)
+    new = batch * new_tokens
+    return GenerateSpeed(preset, model.num_params(), new, new / full, new / cached, torch.equal(cached_out, full_out))
 
 
 def main() -> None:
@@ -68,9 +83,11 @@ def main() -> None:
     print(f"torch {torch.__version__} on {where}; fp32")
     print("| model | block | batch | prompt + new tokens | tokens/s without cache | with cache | ratio | same tokens |")
     print("|---|---|---|---|---|---|---|---|")
-    with torch.inference_mode():
-        for preset in args.presets.split(","):
-            print(measure(preset, args, device), flush=True)
+    for preset in args.presets.split(","):
+        r = measure(preset, device, args.block_size, args.prompt_tokens, args.new_tokens, args.batch, args.top_k)
+        print(f"| {preset} ({r.params / 1e6:.1f} M) | {args.block_size} | {args.batch} | {args.prompt_tokens} + "
+              f"{args.new_tokens} | {r.without_cache:,.0f} | {r.with_cache:,.0f} | {r.ratio:.1f}x | "
+              f"{'yes' if r.same else 'no'} |", flush=True)
 
 
 if __name__ == "__main__":

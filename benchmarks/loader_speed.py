@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,34 @@ def write_synthetic(out: Path, chunks: int, seconds: float, codebooks: int, chun
     return manifest
 
 
+@dataclass
+class LoaderSpeed:
+    tokens_per_s: float  # training batches' tokens per second, after the first batch
+    total_tokens: int  # in the synthetic folder
+    val_windows: int
+    val_s: float  # opening the shards and building the validation loader
+
+
+def measure(layout: str = "flat", chunks: int = 200, seconds: float = 30.0, codebooks: int = 4, block: int = 1024,
+            batch: int = 16, workers: int = 0, batches: int = 400) -> LoaderSpeed:
+    """Tokens/s of `build_train_loader` on a synthetic folder of `chunks` chunks, in this process (+ `workers`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        manifest = write_synthetic(out, chunks, seconds, codebooks, streams=LAYOUTS[layout])
+        cfg = DataConfig(manifest=str(out), num_workers=workers, layout=layout)
+        t0 = time.perf_counter()
+        shards = [TokenShards.open(cfg, manifest, out)]
+        val = build_val_loader(shards, block, batch, rank=0, world_size=1)
+        val_s = time.perf_counter() - t0
+        it = iter(build_train_loader(cfg, shards, block, batch, rank=0, world_size=1, seed=0))
+        next(it)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            x = next(it).x
+        elapsed = time.perf_counter() - t0
+    return LoaderSpeed(batches * x.numel() / elapsed, manifest.total_tokens, len(val.dataset), val_s)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chunks", type=int, default=200)
@@ -68,27 +97,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=400)
     ap.add_argument("--layout", default="flat", choices=list(LAYOUTS))
     args = ap.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        manifest = write_synthetic(out, args.chunks, args.seconds, args.codebooks, streams=LAYOUTS[args.layout])
-        cfg = DataConfig(manifest=str(out), num_workers=args.workers, layout=args.layout)
-        t0 = time.perf_counter()
-        shards = [TokenShards.open(cfg, manifest, out)]
-        val = build_val_loader(shards, args.block, args.batch, rank=0, world_size=1)
-        val_s = time.perf_counter() - t0
-        it = iter(build_train_loader(cfg, shards, args.block, args.batch, rank=0, world_size=1, seed=0))
-        next(it)
-        t0 = time.perf_counter()
-        for _ in range(args.batches):
-            x = next(it).x
-        elapsed = time.perf_counter() - t0
-    tokens_per_s = args.batches * x.numel() / elapsed
+    s = measure(args.layout, args.chunks, args.seconds, args.codebooks, args.block, args.batch, args.workers, args.batches)
     print("| data | layout | block x batch | workers | train tokens/s | val windows | val build s |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| {args.chunks} chunks x {args.seconds:g} s x {args.codebooks} cb ({manifest.total_tokens / 1e6:.1f} M tokens) "
-          f"| {args.layout} | {args.block} x {args.batch} | {args.workers} | {tokens_per_s / 1e6:.2f} M | {len(val.dataset)} "
-          f"| {val_s:.2f} |")
+    print(f"| {args.chunks} chunks x {args.seconds:g} s x {args.codebooks} cb ({s.total_tokens / 1e6:.1f} M tokens) "
+          f"| {args.layout} | {args.block} x {args.batch} | {args.workers} | {s.tokens_per_s / 1e6:.2f} M | {s.val_windows} "
+          f"| {s.val_s:.2f} |")
 
 
 if __name__ == "__main__":

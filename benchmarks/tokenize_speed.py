@@ -4,7 +4,10 @@
 
 Uses ~3 minutes of real speech from ../shared/audio when present (synthetic speech otherwise), and a
 random EnCodec saved as a local checkpoint (same architecture and cost as the pretrained one; nothing
-to download). Prints one markdown row; the end-to-end times include Ray Data and actor start-up.
+to download). Ray starts once, before the timed runs. Each `tokenize` run's start-up (the driver's
+models and plan, the actors' start and their models) is measured apart, as the wall time of the same
+command on five 1 s clips (two actor calls, so both actors start), so the steady-state rate is (audio -
+clips) / (wall - start-up). Prints one markdown row.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +29,7 @@ import torch
 from narrator.config import load_config
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.chunking import plan_chunks
-from narrator.tokenizers.config import TokenizeConfig
+from narrator.tokenizers.config import SAMPLE_RATE, TokenizeConfig
 from narrator.tokenizers.encodec import EncodecTokenizer, synthetic_speech
 from narrator.tokenizers.kmeans import load_kmeans
 from narrator.tokenizers.pipeline import tokenize
@@ -35,6 +39,29 @@ from narrator.tokenizers.whisper import WhisperEmbedder
 REPO = Path(__file__).resolve().parents[1]
 SHARED_BOOKS = REPO.parent / "shared" / "audio" / "books" / "librivox_dickinson_becky_miller"
 SHARED_WHISPER = REPO.parent / "shared" / "weights" / "whisper-tiny.en.pt"
+CLIPS, CLIP_SECONDS = 5, 1.0  # the start-up probe: 5 one-chunk recordings = 2 actor calls at ray.batch_size 4
+
+
+@dataclass
+class TokenizeSpeed:
+    """Audio seconds per wall second of the bare models and of `tokenize` with 1 and 2 actors."""
+
+    what: str  # the audio
+    streams: str
+    device: str
+    audio_s: float
+    bare: float  # x real time, models only, one process
+    walls: dict[int, float]  # actors -> `tokenize` wall seconds, start-up included
+    startups: dict[int, float]  # actors -> wall seconds of the same command on the CLIPS clips
+    fit_s: float | None = None  # semantic: the first run, with the k-means fit (2 actors)
+
+    def rtf(self, actors: int) -> float:
+        """End to end, start-up included."""
+        return self.audio_s / self.walls[actors]
+
+    def steady(self, actors: int) -> float:
+        """With each run's start-up taken out (the clips' audio is not counted either)."""
+        return (self.audio_s - CLIPS * CLIP_SECONDS) / max(self.walls[actors] - self.startups[actors], 1e-9)
 
 
 def pick_audio(minutes: float, tmp: Path) -> tuple[list[str], str]:
@@ -48,13 +75,14 @@ def pick_audio(minutes: float, tmp: Path) -> tuple[list[str], str]:
             total += probe(p).duration_s
         return paths, f"{total / 60:.1f} min real speech (mp3, 22.05 kHz)"
     path = tmp / "synthetic.wav"
-    sf.write(path, synthetic_speech(minutes * 60, seed=1).astype(np.float32), 24_000)
+    sf.write(path, synthetic_speech(minutes * 60, seed=1).astype(np.float32), SAMPLE_RATE)
     return [str(path)], f"{minutes:.1f} min synthetic speech"
 
 
-def one_actor_rtf(cfg: TokenizeConfig, paths: list[str], device: str, kmeans: Path | None = None) -> float:
-    """Audio seconds per wall second for the tokenizers of `cfg.streams` in one process on
-    `cfg.ray.torch_threads` threads, each chunk read once, reading included."""
+def bare_models(cfg: TokenizeConfig, paths: list[str], device: str, kmeans: Path | None = None) -> tuple[float, float]:
+    """(audio seconds, wall seconds) of the tokenizers of `cfg.streams` in one process on
+    `cfg.ray.torch_threads` threads, each chunk read once, reading included (building the models not)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.ray.torch_threads)
     tokenizers = []
     if "acoustic" in cfg.streams:
@@ -71,7 +99,67 @@ def one_actor_rtf(cfg: TokenizeConfig, paths: list[str], device: str, kmeans: Pa
             for tokenizer in tokenizers:
                 tokenizer.encode_chunks(windows, batch)
             audio_s += sum(s.end_s - s.start_s for s in batch)
-    return audio_s / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return audio_s, wall
+
+
+def measure(minutes: float = 3.0, semantic: bool = False, gpu: bool = False) -> TokenizeSpeed:
+    """Bare models and `tokenize` with 1 and 2 actors on the same audio, in this process (Ray started here)."""
+    tmp = Path(tempfile.mkdtemp(prefix="tokenize-speed-"))
+    try:
+        return _measure(tmp, minutes, semantic, gpu)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(tmp)
+
+
+def _measure(tmp: Path, minutes: float, semantic: bool, gpu: bool) -> TokenizeSpeed:
+    paths, what = pick_audio(minutes, tmp)
+    clips = [str(tmp / f"clip{i}.wav") for i in range(CLIPS)]
+    for clip in clips:
+        sf.write(clip, read_segment(probe(paths[0]), 10.0, 10.0 + CLIP_SECONDS), SAMPLE_RATE)  # speech, not the lead-in
+    checkpoint = tmp / "encodec_random.pt"
+    torch.save(EncodecTokenizer(load_config(TokenizeConfig, None, ["encodec.weights.mode=random"]).encodec)
+               .model.state_dict(), checkpoint)
+    devices = ["ray.num_gpus=1", "ray.num_cpus=1"] if gpu else []
+    base = []
+    if semantic:
+        base = [f"whisper.weights.checkpoint={SHARED_WHISPER}"] if SHARED_WHISPER.is_file() else ["whisper.weights.mode=random"]
+    config = REPO / "configs/tokenize/semantic_acoustic.yaml" if semantic else None
+
+    def cfg(actors: int, *more: str) -> TokenizeConfig:
+        return load_config(TokenizeConfig, config, [f"encodec.weights.checkpoint={checkpoint}",
+                                                    "encodec.weights.mode=pretrained", f"ray.concurrency={actors}",
+                                                    *devices, *base, *more])
+
+    def timed(actors: int, out: Path, inputs: list[str], *more: str) -> float:
+        start = time.perf_counter()
+        tokenize(cfg(actors, *more), out, inputs)
+        return time.perf_counter() - start
+
+    audio_s = sum(probe(p).duration_s for p in paths)
+    device = "cuda" if gpu else "cpu"
+    # The bare models run on half the books before the pipeline's runs and on the other half after them
+    # (the k-means they need first is fit in the first run), so a change of load on the machine meets both sides.
+    half = max(1, len(paths) // 2) if not semantic else 0
+    bare = [bare_models(cfg(1), paths[:half], device)] if half else []
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    fit = timed(2, tmp / "fit", paths) if semantic else None  # the k-means fit, once; the timed runs reuse it
+    kmeans = tmp / "fit" / "kmeans" / "semantic.json"
+    reuse = [f"kmeans.path={kmeans}"] if semantic else []
+    walls, startups = {}, {}
+    for actors in (1, 2):
+        startups[actors] = timed(actors, tmp / f"clips-{actors}", clips, *reuse)
+        walls[actors] = timed(actors, tmp / f"out-{actors}", paths, *reuse)
+    ray.shutdown()
+    bare.append(bare_models(cfg(1), paths[half:], device, kmeans if semantic else None))
+    rate = sum(a for a, _ in bare) / sum(w for _, w in bare)
+    where = torch.cuda.get_device_name() if gpu else f"CPU, {os.cpu_count()} cores"
+    streams = "semantic + acoustic 1.5 kbps" if semantic else "acoustic 3 kbps"
+    return TokenizeSpeed(what, streams, where, audio_s, rate, walls, startups, fit)
 
 
 def main() -> None:
@@ -82,44 +170,14 @@ def main() -> None:
                         help="both streams (configs/tokenize/semantic_acoustic.yaml; Whisper tiny.en from ../shared/weights "
                              "when there, else random): k-means fit once, then tokenize vs the bare models")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="tokenize-speed-"))
-    paths, what = pick_audio(args.minutes, tmp)
-    checkpoint = tmp / "encodec_random.pt"
-    torch.save(EncodecTokenizer(load_config(TokenizeConfig, None, ["encodec.weights.mode=random"]).encodec).model.state_dict(), checkpoint)
-    gpu = ["ray.num_gpus=1", "ray.num_cpus=1"] if args.gpu else []
-    base = []
-    if args.semantic:
-        base = [f"whisper.weights.checkpoint={SHARED_WHISPER}"] if SHARED_WHISPER.is_file() else ["whisper.weights.mode=random"]
-    config = REPO / "configs/tokenize/semantic_acoustic.yaml" if args.semantic else None
-
-    def cfg(actors: int, *more: str) -> TokenizeConfig:
-        return load_config(TokenizeConfig, config, [f"encodec.weights.checkpoint={checkpoint}", "encodec.weights.mode=pretrained",
-                                                    f"ray.concurrency={actors}", *gpu, *base, *more])
-
-    audio_s = sum(probe(p).duration_s for p in paths)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    walls, fit = {}, None
-    if args.semantic:  # the k-means fit, once, in its own run; the timed runs reuse its centroids
-        start = time.perf_counter()
-        tokenize(cfg(2), tmp / "fit", paths)
-        fit = time.perf_counter() - start
-    kmeans = tmp / "fit" / "kmeans" / "semantic.json"
-    reuse = [f"kmeans.path={kmeans}"] if args.semantic else []
-    for actors in (1, 2):
-        start = time.perf_counter()
-        tokenize(cfg(actors, *reuse), tmp / f"out-{actors}", paths)
-        walls[actors] = time.perf_counter() - start
-    ray.shutdown()
-    per_actor = one_actor_rtf(cfg(1), paths, "cuda" if args.gpu else "cpu", kmeans if args.semantic else None)
-    shutil.rmtree(tmp)
-    device = torch.cuda.get_device_name() if args.gpu else f"CPU, {os.cpu_count()} cores"
-    streams = "semantic + acoustic 1.5 kbps" if args.semantic else "acoustic 3 kbps"
-    print("\n| audio | streams | device | bare models, 1 process (x real time) | tokenize, 1 actor: wall s (x real time) | "
-          "tokenize, 2 actors: wall s (x real time) |" + (" first run with the k-means fit, 2 actors |" if fit else ""))
+    s = measure(args.minutes, args.semantic, args.gpu)
+    fit = s.fit_s is not None
+    print("\n| audio | streams | device | bare models, 1 process (x real time) | tokenize, 1 actor: wall s (x real time; "
+          "start-up s; steady x) | tokenize, 2 actors: same |" + (" first run with the k-means fit, 2 actors |" if fit else ""))
     print("|---|---|---|---|---|---|" + ("---|" if fit else ""))
-    print(f"| {what} | {streams} | {device} | {per_actor:.1f}x | {walls[1]:.1f} s ({audio_s / walls[1]:.1f}x) | "
-          f"{walls[2]:.1f} s ({audio_s / walls[2]:.1f}x) |" + (f" {fit:.1f} s |" if fit else ""))
+    cells = [f"{s.walls[a]:.1f} s ({s.rtf(a):.1f}x; {s.startups[a]:.1f} s; {s.steady(a):.1f}x)" for a in (1, 2)]
+    print(f"| {s.what} | {s.streams} | {s.device} | {s.bare:.1f}x | {cells[0]} | {cells[1]} |"
+          + (f" {s.fit_s:.1f} s |" if fit else ""))
 
 
 if __name__ == "__main__":
