@@ -50,6 +50,7 @@ class TokenizeSpeed:
     streams: str
     device: str
     audio_s: float
+    chunks: int
     bare: float  # x real time, models only, one process
     walls: dict[int, float]  # actors -> `tokenize` wall seconds, start-up included
     startups: dict[int, float]  # actors -> wall seconds of the same command on the CLIPS clips
@@ -140,6 +141,7 @@ def _measure(tmp: Path, minutes: float, semantic: bool, gpu: bool) -> TokenizeSp
         return time.perf_counter() - start
 
     audio_s = sum(probe(p).duration_s for p in paths)
+    chunks = sum(len(plan_chunks(Path(p).stem, probe(p).duration_s, cfg(1).chunking)) for p in paths)
     device = "cuda" if gpu else "cpu"
     # The bare models run on half the books before the pipeline's runs and on the other half after them
     # (the k-means they need first is fit in the first run), so a change of load on the machine meets both sides.
@@ -159,7 +161,7 @@ def _measure(tmp: Path, minutes: float, semantic: bool, gpu: bool) -> TokenizeSp
     rate = sum(a for a, _ in bare) / sum(w for _, w in bare)
     where = torch.cuda.get_device_name() if gpu else f"CPU, {os.cpu_count()} cores"
     streams = "semantic + acoustic 1.5 kbps" if semantic else "acoustic 3 kbps"
-    return TokenizeSpeed(what, streams, where, audio_s, rate, walls, startups, fit)
+    return TokenizeSpeed(what, streams, where, audio_s, chunks, rate, walls, startups, fit)
 
 
 def main() -> None:
