@@ -56,6 +56,7 @@ def run_demo(cfg: DemoConfig) -> None:
     from narrator.tokenizers.config import TokenizeConfig
     from narrator.tokenizers.pipeline import tokenize
     from narrator.trainer.generate import GenerateConfig, generate
+    from narrator.trainer.report import write_report
     from narrator.trainer.run import main as train_main
 
     out = Path(cfg.out)
@@ -90,10 +91,13 @@ def run_demo(cfg: DemoConfig) -> None:
     generate(GenerateConfig(checkpoint=str(train), prompt=str(book), prompt_seconds=cfg.prompt_seconds,
                             seconds=cfg.generate_seconds, out=str(sample)))
 
+    page = write_report(train)  # the curves and the evaluation samples in one file
+
     minutes = (time.time() - started) / 60
     outputs = [(book, "the sample book (24 kHz mono)"),
                (f"{tokens}/", f"shards/acoustic/*.tar, plan.json, manifest.json (see `narrator inspect {tokens}`)"),
-               (f"{train}/", "metrics.jsonl, train_loss.png, val_loss.png, checkpoints/"),
+               (f"{train}/", "metrics.jsonl, train_loss.png, val_loss.png, samples/, checkpoints/"),
+               (page, "curves, config, tokenizer identity and every evaluation sample (`narrator report`)"),
                (sample, f"{cfg.prompt_seconds:g} s prompt + {cfg.generate_seconds:g} s continuation")]
     width = max(len(str(path)) for path, _ in outputs)
     print(f"\nDemo finished in {minutes:.1f} min (EnCodec weights: {mode}). Outputs:")
