@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Every speed figure against a baseline timed in the same run, with its target (~6 min on 2 cores);
+# Every speed figure against a baseline timed in the same run, with its target (4.5 min on cpu-2c);
 # the figures go into benchmarks/RESULTS.md. MACHINE names this machine there.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(if $(MACHINE),--machine "$(MACHINE)")
