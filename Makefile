@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/narrator demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 # Every speed figure against a baseline timed in the same run, with its target (4.5 min on cpu-2c);
 # the figures go into benchmarks/RESULTS.md. MACHINE names this machine there.
