@@ -126,8 +126,8 @@ def test_zero2_offload_keeps_optimizer_state_on_the_cpu_trains_resumes_and_expor
     # Accelerate swaps in DeepSpeed's CPU Adam, a C++ op compiled on first use (75 s of CPU time here; g++ and
     # ninja) and cached in TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions).
     launch("deepspeed_zero2_offload.yaml", token_folder, out, "max_steps=4", "cpu=false", env=DEEPSPEED_ENV)
-    saved = torch.load(list_checkpoints(out)[-1] / "accelerate" / "pytorch_model" / "mp_rank_00_model_states.pt",
-                       weights_only=True)
+    states = list_checkpoints(out)[-1] / "accelerate" / "pytorch_model" / "mp_rank_00_model_states.pt"
+    saved = torch.load(states, weights_only=True)
     zero = saved["ds_config"]["zero_optimization"]
     assert zero["stage"] == 2 and zero["offload_optimizer"] == {"device": "cpu", "nvme_path": None, "pin_memory": True}
     assert saved["ds_config"]["train_batch_size"] == 2 * 4  # 2 processes x batch_size 4 x grad_accum 1
