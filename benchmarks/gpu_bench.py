@@ -318,6 +318,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp16", help="of the tokenizers' models")
     ap.add_argument("--tokenize-batch", type=int, default=16, help="ray.batch_size: chunks per actor call")
     ap.add_argument("--actors", type=int, default=4, help="tokenize actors sharing the GPU")
+    ap.add_argument("--results", default="gpu_results.md", help="file under $OUT the table is written to after each row")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--recipe", default="ddp", help=argparse.SUPPRESS)
@@ -342,7 +343,7 @@ def main() -> None:
         lines.append(row)
         print(row, flush=True)
         if os.environ.get("OUT"):  # after every row: a later run that hangs leaves the earlier rows
-            Path(os.environ["OUT"], "gpu_results.md").write_text("\n".join(lines) + "\n")
+            Path(os.environ["OUT"], args.results).write_text("\n".join(lines) + "\n")
 
     missing = [m for m in TOKENIZE_NEEDS if importlib.util.find_spec(m) is None]
     if not args.skip_tokenize and missing:
