@@ -377,11 +377,13 @@ def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torc
             accelerator.backward(loss)
             losses.append(loss.detach())
             if accelerator.sync_gradients:
-                mean = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
-                finite = math.isfinite(mean)
-                if finite and cfg.optim.grad_clip > 0:
+                checks = [accelerator.reduce(torch.stack(losses).mean(), "mean")]
+                if cfg.optim.grad_clip > 0:  # None or a float under DeepSpeed, which clips in its own step
                     norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                    finite = norm is None or math.isfinite(float(norm))  # None: DeepSpeed clips in its own step
+                    checks += [torch.as_tensor(norm).to(checks[0])] if norm is not None else []
+                # One read-back per step (each one stalls the GPU's queue); non-finite grads are never applied.
+                mean, *rest = torch.stack(checks).tolist()
+                finite = all(math.isfinite(v) for v in (mean, *rest))
                 if finite:
                     optimizer.step()
                     scheduler.step()  # not prepared by Accelerate: stepped here, once per optimizer step
