@@ -55,10 +55,25 @@ class TokenizeSpeed:
     walls: dict[int, float]  # actors -> `tokenize` wall seconds, start-up included
     startups: dict[int, float]  # actors -> wall seconds of the same command on the CLIPS clips
     fit_s: float | None = None  # semantic: the first run, with the k-means fit (2 actors)
+    batch_size: int = 4  # ray.batch_size: chunks per actor call
+    bare_two: float | None = None  # x real time of the bare models in 2 processes at once (the machine's ceiling)
 
     def rtf(self, actors: int) -> float:
         """End to end, start-up included."""
         return self.audio_s / self.walls[actors]
+
+    @property
+    def ceiling(self) -> float | None:
+        """What this machine gives 2 processes over 1 (cores, memory bandwidth, turbo): the best 2 actors can do."""
+        return self.bare_two / self.bare if self.bare_two else None
+
+    def best_split(self, actors: int, batch_size: int) -> float:
+        """The most `actors` can do over 1 given the calls they split: chunks / the busiest actor's chunks."""
+        calls = [min(batch_size, self.chunks - i) for i in range(0, self.chunks, batch_size)]
+        loads = [0] * actors
+        for call in calls:  # each call to the actor free first
+            loads[loads.index(min(loads))] += call
+        return self.chunks / max(loads)
 
     def steady(self, actors: int) -> float:
         """With each run's start-up taken out (the clips' audio is not counted either)."""
@@ -105,18 +120,55 @@ def bare_models(cfg: TokenizeConfig, paths: list[str], device: str, kmeans: Path
     return audio_s, wall
 
 
-def measure(minutes: float = 3.0, semantic: bool = False, gpu: bool = False) -> TokenizeSpeed:
-    """Bare models and `tokenize` with 1 and 2 actors on the same audio, in this process (Ray started here)."""
+def _bare_process(cfg: TokenizeConfig, chunks: list[tuple[str, dict]], kmeans: Path | None, barrier, results) -> None:
+    """One of the processes of `bare_in_parallel`: its chunks, timed from when all processes are ready."""
+    torch.set_num_threads(cfg.ray.torch_threads)
+    tokenizers = [EncodecTokenizer(cfg.encodec, "cpu")] if "acoustic" in cfg.streams else []
+    if "semantic" in cfg.streams:
+        tokenizers.append(SemanticTokenizer(WhisperEmbedder(cfg.whisper, "cpu"), load_kmeans(kmeans), "cpu"))
+    infos = {path: probe(path) for path, _ in chunks}
+    barrier.wait()
+    start, audio_s = time.perf_counter(), 0.0
+    for path, spec in chunks:
+        window = read_segment(infos[path], spec.ctx_start_s, spec.ctx_end_s)
+        for tokenizer in tokenizers:
+            tokenizer.encode_chunks([window], [spec])
+        audio_s += spec.end_s - spec.start_s
+    results.put((audio_s, time.perf_counter() - start))
+
+
+def bare_in_parallel(cfg: TokenizeConfig, paths: list[str], kmeans: Path | None = None, processes: int = 2) -> float:
+    """x real time of the bare models in `processes` processes at once, the chunks dealt round-robin: what the
+    machine allows several actors, with no Ray in the way (CPU only)."""
+    import multiprocessing
+
+    chunks = [(path, spec) for path in paths for spec in plan_chunks(Path(path).stem, probe(path).duration_s, cfg.chunking)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_bare_process, args=(cfg, chunks[i::processes], kmeans, barrier, results))
+             for i in range(processes)]
+    for proc in procs:
+        proc.start()
+    done = [results.get(timeout=3600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(a for a, _ in done) / max(w for _, w in done)
+
+
+def measure(minutes: float = 3.0, semantic: bool = False, gpu: bool = False,
+            overrides: tuple[str, ...] = ()) -> TokenizeSpeed:
+    """Bare models and `tokenize` with 1 and 2 actors on the same audio, in this process (Ray started here);
+    `overrides` (`--set` keys) apply to both."""
     tmp = Path(tempfile.mkdtemp(prefix="tokenize-speed-"))
     try:
-        return _measure(tmp, minutes, semantic, gpu)
+        return _measure(tmp, minutes, semantic, gpu, overrides)
     finally:
         if ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(tmp)
 
 
-def _measure(tmp: Path, minutes: float, semantic: bool, gpu: bool) -> TokenizeSpeed:
+def _measure(tmp: Path, minutes: float, semantic: bool, gpu: bool, overrides: tuple[str, ...]) -> TokenizeSpeed:
     paths, what = pick_audio(minutes, tmp)
     clips = [str(tmp / f"clip{i}.wav") for i in range(CLIPS)]
     for clip in clips:
@@ -133,7 +185,7 @@ def _measure(tmp: Path, minutes: float, semantic: bool, gpu: bool) -> TokenizeSp
     def cfg(actors: int, *more: str) -> TokenizeConfig:
         return load_config(TokenizeConfig, config, [f"encodec.weights.checkpoint={checkpoint}",
                                                     "encodec.weights.mode=pretrained", f"ray.concurrency={actors}",
-                                                    *devices, *base, *more])
+                                                    *devices, *base, *overrides, *more])
 
     def timed(actors: int, out: Path, inputs: list[str], *more: str) -> float:
         start = time.perf_counter()
@@ -159,9 +211,10 @@ def _measure(tmp: Path, minutes: float, semantic: bool, gpu: bool) -> TokenizeSp
     ray.shutdown()
     bare.append(bare_models(cfg(1), paths[half:], device, kmeans if semantic else None))
     rate = sum(a for a, _ in bare) / sum(w for _, w in bare)
+    two = bare_in_parallel(cfg(1), paths, kmeans if semantic else None) if not gpu else None
     where = torch.cuda.get_device_name() if gpu else f"CPU, {os.cpu_count()} cores"
     streams = "semantic + acoustic 1.5 kbps" if semantic else "acoustic 3 kbps"
-    return TokenizeSpeed(what, streams, where, audio_s, chunks, rate, walls, startups, fit)
+    return TokenizeSpeed(what, streams, where, audio_s, chunks, rate, walls, startups, fit, cfg(1).ray.batch_size, two)
 
 
 def main() -> None:
@@ -171,8 +224,10 @@ def main() -> None:
     parser.add_argument("--semantic", action="store_true",
                         help="both streams (configs/tokenize/semantic_acoustic.yaml; Whisper tiny.en from ../shared/weights "
                              "when there, else random): k-means fit once, then tokenize vs the bare models")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a tokenize config override for every run, e.g. ray.batch_size=1")
     args = parser.parse_args()
-    s = measure(args.minutes, args.semantic, args.gpu)
+    s = measure(args.minutes, args.semantic, args.gpu, tuple(args.overrides))
     fit = s.fit_s is not None
     print("\n| audio | streams | device | bare models, 1 process (x real time) | tokenize, 1 actor: wall s (x real time; "
           "start-up s; steady x) | tokenize, 2 actors: same |" + (" first run with the k-means fit, 2 actors |" if fit else ""))
@@ -180,6 +235,10 @@ def main() -> None:
     cells = [f"{s.walls[a]:.1f} s ({s.rtf(a):.1f}x; {s.startups[a]:.1f} s; {s.steady(a):.1f}x)" for a in (1, 2)]
     print(f"| {s.what} | {s.streams} | {s.device} | {s.bare:.1f}x | {cells[0]} | {cells[1]} |"
           + (f" {s.fit_s:.1f} s |" if fit else ""))
+    if s.ceiling:
+        print(f"\n2 actors / 1: {s.steady(2) / s.steady(1):.2f}x steady; the machine's ceiling (bare models in 2 processes "
+              f"/ 1): {s.ceiling:.2f}x; {s.chunks} chunks in calls of ray.batch_size allow at most "
+              f"{s.best_split(2, s.batch_size):.2f}x")
 
 
 if __name__ == "__main__":
