@@ -27,6 +27,13 @@ mkdir -p /tmp/site/narrator
 cp -r narrator/* /tmp/site/narrator/
 cp -r tokenizers streaming trainer /tmp/site/narrator/
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+# Ray puts the driver's working directory on its workers' sys.path, ahead of PYTHONPATH: from the checkout, its
+# narrator/ (which holds no tokenizers/) would shadow the installed package. So run from a folder beside it.
+repo=$(pwd)
+mkdir -p /tmp/gpu-run
+ln -sfn "$repo/benchmarks" /tmp/gpu-run/benchmarks
+ln -sfn "$repo/configs" /tmp/gpu-run/configs
+cd /tmp/gpu-run
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 if [[ $# -gt 0 && "$1" != -* ]]; then
   "$@"

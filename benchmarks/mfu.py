@@ -9,7 +9,9 @@ under bf16 autocast, tied embeddings, fused AdamW, gradient clipping at 1.0 and 
 step (what `trainer/run.py` does), on random tokens already on the GPU, for --steps steps after --warmup
 (compilation). The rows change one thing at a time from the shipped gpu16gb.yaml shape (block 2048,
 micro-batch 8, dropout 0.1, vocab 4097): torch.compile; the vocabulary padded to a multiple of 64 (the
-extra logits are never targets); no dropout; GPT-2's block of 1024 with a larger micro-batch. MFU is the
+extra logits are never targets); no dropout; GPT-2's block of 1024 with a larger micro-batch; then
+gpu16gb.yaml's grad_accum 8 (the optimizer once per 8 micro-batches) and 6 attention heads of 128 instead
+of 12 of 64. Times are per micro-batch. MFU is the
 trainer's: estimate.Workload.train_flops_per_token (6 N + 12 L d T, the real vocabulary) x tokens/s over
 the device's dense bf16 peak.
 
@@ -42,6 +44,8 @@ class Variant:
     dropout: float = 0.1
     vocab_multiple: int = 1  # pad the embedding rows up to a multiple of this
     compile: bool = False
+    grad_accum: int = 1  # micro-batches per optimizer step
+    n_head: int | None = None  # None: the preset's
 
     @property
     def padded_vocab(self) -> int:
@@ -55,28 +59,35 @@ VARIANTS = [
     Variant("+ dropout 0", compile=True, vocab_multiple=64, dropout=0.0),
     Variant("+ block 1024, micro-batch 16", compile=True, vocab_multiple=64, dropout=0.0, block=1024, batch=16),
     Variant("+ micro-batch 32", compile=True, vocab_multiple=64, dropout=0.0, block=1024, batch=32),
+    Variant("compile, dropout 0, grad_accum 8 (gpu16gb.yaml's)", compile=True, dropout=0.0, grad_accum=8),
+    Variant("+ 6 heads of 128, not 12 of 64", compile=True, dropout=0.0, grad_accum=8, n_head=6),
 ]
 
 
 def build(variant: Variant, preset: str, device: torch.device) -> tuple[GPT, torch.optim.AdamW]:
     torch.manual_seed(0)
+    shape = {**PRESETS[preset], **({"n_head": variant.n_head} if variant.n_head else {})}
     model = GPT(GPTConfig(block_size=variant.block, vocab_size=variant.padded_vocab, dropout=variant.dropout,
-                          **PRESETS[preset])).to(device)
+                          **shape)).to(device)
     if variant.compile:
         model.compile()
     optimizer = torch.optim.AdamW(model.param_groups(0.1), lr=3e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
     return model, optimizer
 
 
-def step(model: GPT, optimizer: torch.optim.AdamW, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
-    """One optimizer step as the trainer makes it (one micro-batch)."""
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        _, loss = model(x, y)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+def step(model: GPT, optimizer: torch.optim.AdamW, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+         grad_accum: int = 1) -> float:
+    """One optimizer step as the trainer makes it: `grad_accum` micro-batches, then one read-back."""
+    losses = []
+    for _ in range(grad_accum):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            _, loss = model(x, y)
+        (loss / grad_accum).backward()
+        losses.append(loss.detach())
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+    return torch.stack([*losses, norm]).tolist()[0]
 
 
 def sync(device: torch.device) -> None:
@@ -92,21 +103,22 @@ def measure(variant: Variant, preset: str, steps: int, warmup: int, device: torc
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(warmup):
-        step(model, optimizer, x, y, device)
+        step(model, optimizer, x, y, device, variant.grad_accum)
     sync(device)
     warm_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
-        step(model, optimizer, x, y, device)
+        step(model, optimizer, x, y, device, variant.grad_accum)
     sync(device)
-    seconds = (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps / variant.grad_accum  # per micro-batch
     shape = PRESETS[preset]
     work = Workload(n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"], vocab_size=VOCAB,
                     block_size=variant.block, batch_size=variant.batch, dropout=variant.dropout)
     tokens_per_s = variant.batch * variant.block / seconds
     tflops = work.train_flops_per_token * tokens_per_s / 1e12
     peak = peak_tflops(device)
-    return {"model": model, "optimizer": optimizer, "x": x, "y": y, "ms": seconds * 1e3, "tokens_per_s": tokens_per_s,
+    return {"model": model, "optimizer": optimizer, "x": x, "y": y, "grad_accum": variant.grad_accum,
+            "ms": seconds * 1e3, "tokens_per_s": tokens_per_s,
             "tflops": tflops, "mfu": tflops / peak if peak else None, "warm_s": warm_s,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")}
 
@@ -136,7 +148,7 @@ def profile(run: dict, steps: int, device: torch.device) -> list[str]:
     with torch_profile(activities=activities) as prof:
         start = time.perf_counter()
         for _ in range(steps):
-            step(run["model"], run["optimizer"], run["x"], run["y"], device)
+            step(run["model"], run["optimizer"], run["x"], run["y"], device, run["grad_accum"])
         sync(device)
         wall_us = (time.perf_counter() - start) * 1e6
     by_kind: dict[str, float] = defaultdict(float)
@@ -173,7 +185,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, {args.preset} preset, bf16 peak {peak_tflops(device) or 'unknown'} "
           f"TFLOP/s; {args.steps} steps after {args.warmup}\n", flush=True)
-    print("| variant | block x micro-batch | ms/step | tokens/s | TFLOP/s | MFU | peak memory | warm-up |")
+    print("| variant | block x micro-batch | ms per micro-batch | tokens/s | TFLOP/s | MFU | peak memory | warm-up |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
     profiled = []
     for i, variant in enumerate(VARIANTS):
@@ -186,7 +198,7 @@ def main() -> None:
             run = measure(variant, args.preset, args.steps, args.warmup, device)
         except Exception as e:  # noqa: BLE001 - one failed variant still leaves the others' rows
             print(f"| {i}: {variant.name} | {variant.block} x {variant.batch} | failed: {type(e).__name__}: "
-                  f"{str(e).splitlines()[0][:200]} |", flush=True)
+                  f"{(str(e).splitlines() or [''])[0][:200]} |", flush=True)
             continue
         mfu = f"{run['mfu']:.1%}" if run["mfu"] is not None else "-"
         print(f"| {i}: {variant.name} | {variant.block} x {variant.batch} | {run['ms']:.1f} | {run['tokens_per_s']:,.0f} | "
