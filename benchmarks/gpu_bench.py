@@ -10,7 +10,8 @@ configs/tokenize/semantic_acoustic.yaml with random-init weights, --actors Ray a
 (ray.num_gpus 1/actors each), ray.batch_size --tokenize-batch, encodec/whisper.precision --precision.
 The k-means is fit once on 5 minutes first (not timed) and reused (kmeans.path). As in
 benchmarks/tokenize_speed.py, a run's start-up (driver models and plan, actor start and their models) is
-the wall time of the same command on a 2 s clip; "steady" is (audio) / (wall - start-up). The bare models
+the wall time of the same command on one 2 s clip per actor at ray.batch_size 1, so that every actor starts
+and builds its models, as in the timed run; "steady" is (audio) / (wall - start-up). The bare models
 (EnCodec + Whisper + k-means on the same chunks, reading included, one process) run in fp32 and --precision
 (fp16 by default: on the CPU it kept 10x closer to fp32 than bf16, tests/test_tokenizer_precision.py), and
 the row says the share of acoustic codes and semantic ids that precision leaves equal to fp32 (random
@@ -210,12 +211,14 @@ def tokenize_rows(minutes: float, precision: str, batch: int, actors: int) -> li
 
     work = Path(tempfile.mkdtemp(prefix="gpu-tokenize-"))
     piece = synthetic_speech(300.0, seed=1).astype(np.float32)
-    book, fit, clip = work / "book.wav", work / "fit.wav", work / "clip.wav"
+    book, fit = work / "book.wav", work / "fit.wav"
+    clips = [work / f"clip{i}.wav" for i in range(actors)]
     with sf.SoundFile(book, "w", SAMPLE_RATE, 1, "PCM_16") as f:
         for _ in range(max(1, round(minutes / 5))):
             f.write(piece)
     sf.write(fit, piece, SAMPLE_RATE, subtype="PCM_16")
-    sf.write(clip, piece[: int(CLIP_SECONDS * SAMPLE_RATE)], SAMPLE_RATE, subtype="PCM_16")
+    for clip in clips:
+        sf.write(clip, piece[: int(CLIP_SECONDS * SAMPLE_RATE)], SAMPLE_RATE, subtype="PCM_16")
     audio_s = sf.info(book).duration
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -227,16 +230,16 @@ def tokenize_rows(minutes: float, precision: str, batch: int, actors: int) -> li
         tokenize(tokenize_config("fp32", batch, actors, "kmeans.sample_frames=20000"), work / "fit", [str(fit)])
         kmeans = work / "fit" / "kmeans" / "semantic.json"
 
-        def timed(out: Path, path: Path) -> float:
+        def timed(out: Path, paths: list[Path], *more: str) -> float:
             start = time.perf_counter()
-            tokenize(tokenize_config(precision, batch, actors, f"kmeans.path={kmeans}"), out, [str(path)])
+            tokenize(tokenize_config(precision, batch, actors, f"kmeans.path={kmeans}", *more), out, [str(p) for p in paths])
             return time.perf_counter() - start
 
-        startup = timed(work / "clip", clip)
-        wall = timed(work / "book", book)
+        startup = timed(work / "clips", clips, "ray.batch_size=1")  # one call per actor: all of them start
+        wall = timed(work / "book", [book])
     finally:
         ray.shutdown()
-    steady = (audio_s - CLIP_SECONDS) / max(wall - startup, 1e-9)
+    steady = (audio_s - actors * CLIP_SECONDS) / max(wall - startup, 1e-9)
     setting = f"{precision}, {actors} actors x {1 / actors:g} GPU, batch {batch} chunks"
     rows = [f"| tokenize, semantic + acoustic | {setting} | {audio_s / 60:.0f} min audio | {batch} x 32.2 s | "
             f"{audio_s / wall:,.0f}x real time end to end ({wall:.1f} s; start-up {startup:.1f} s, steady "
