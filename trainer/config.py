@@ -9,6 +9,8 @@ from narrator.errors import ConfigError
 from narrator.streaming.config import DataConfig
 from narrator.trainer.model import PRESETS, GPTConfig
 
+TRACKERS = ("tensorboard", "wandb")  # what `trackers` may name
+
 
 @dataclass
 class ModelConfig:
@@ -82,6 +84,10 @@ class TrainConfig:
     eval_audio_top_k: int | None = 250
     eval_audio_seed: int = 0  # the same at every evaluation: successive samples differ only by the model
     log_every: int = 10
+    # Where the curves and the evaluation audio go besides OUT/metrics.jsonl: "tensorboard" (OUT/tensorboard) and/or
+    # "wandb" (Weights & Biases, project `wandb_project`; files in OUT/wandb; WANDB_MODE=offline keeps them there).
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    wandb_project: str = "narrator"
     plot_every: int = 100
     checkpoint_every: int = 100
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
@@ -100,6 +106,9 @@ class TrainConfig:
                               f"'eval_audio_temperature' {self.eval_audio_temperature} >= 0")
         if self.eval_audio_top_k is not None and self.eval_audio_top_k < 1:
             raise ConfigError(f"'eval_audio_top_k': {self.eval_audio_top_k} must be >= 1 (or null: no limit)")
+        unknown = [name for name in self.trackers if name not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"'trackers': {', '.join(map(repr, unknown))} is not one of {', '.join(TRACKERS)}")
         if not self.data.sources:
             raise ConfigError("'data.manifest' is required: the token folder made by `narrator tokenize` "
                               "(or data.mix: several folders with weights)")

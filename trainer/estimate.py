@@ -324,7 +324,10 @@ class Report:
                 (f"largest block, micro-batch {w.batch_size}", [str(self.largest_block[n]) for n in names])]
         width = max(len(r[0]) for r in rows)
         cols = [max(len(n), *(len(r[1][i]) for r in rows)) for i, n in enumerate(names)]
-        fmt = lambda label, cells: "  ".join([label.ljust(width), *(c.rjust(cols[i]) for i, c in enumerate(cells))])
+
+        def fmt(label: str, cells: list[str]) -> str:
+            return "  ".join([label.ljust(width), *(c.rjust(cols[i]) for i, c in enumerate(cells))])
+
         vocab = f"vocab {w.vocab_size}" + (" (assumed: 4 codebooks x 1024 + boundary; set model.vocab_size for others)"
                                            if self.vocab_assumed else "")
         lines = [(f"{self.config}: {self.preset} preset ({w.n_layer} layers x {w.n_embd}, {w.n_head} heads), "

@@ -69,8 +69,10 @@ class EvalAudio:
         prompt = window[: slots * layout.slot_tokens].to(accelerator.device)
         self = cls(cfg, out, layout, prompt, codec, metrics)
         audio = self._decode(prompt.cpu().numpy())
+        resumed = (self.folder / PROMPT_NAME).is_file()  # the trackers have it from the run's start, at step 0
         write_wav(self.folder / PROMPT_NAME, audio, codec.sample_rate)
-        metrics.log_audio("eval_audio/prompt", audio, codec.sample_rate, 0)
+        if not resumed:  # W&B drops (and warns about) a step below the run's last one
+            metrics.log_audio("eval_audio/prompt", audio, codec.sample_rate, 0)
         print(f"eval audio: each evaluation continues {slots * SLOT_SECONDS:.2f} s "
               f"of the first validation window by {cfg.eval_audio_seconds:g} s ({self.folder})", flush=True)
         return self

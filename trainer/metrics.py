@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import math
+import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import is_tensorboard_available
+from accelerate.tracking import GeneralTracker, TensorBoardTracker, WandBTracker
 from matplotlib.figure import Figure
+
+from narrator.errors import ConfigError
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -33,9 +39,38 @@ class StepMetrics:
     sample: str | None = None  # audio generated at this evaluation, relative to OUT (eval_audio.py)
 
 
-def tracker_backend() -> str | None:
-    """What Accelerate logs to besides metrics.jsonl: TensorBoard when it is installed."""
-    return "tensorboard" if is_tensorboard_available() else None
+WANDB_ID_NAME = "wandb_run_id.txt"  # OUT/: a resumed run goes on logging to the same W&B run
+
+
+def make_trackers(names: list[str], out: Path, wandb_project: str) -> list[GeneralTracker]:
+    """What Accelerate logs to besides metrics.jsonl (`trackers` in the config). They start on the main process only
+    (Accelerator.init_trackers): TensorBoard writes OUT/tensorboard; W&B logs to `wandb_project`, in a run named
+    after OUT whose id is kept in OUT, and keeps its files in OUT/wandb (WANDB_MODE=offline: nothing leaves the
+    machine; `wandb sync OUT/wandb/offline-run-*` uploads later)."""
+    made: list[GeneralTracker] = []
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"'trackers': {name} is not installed (pip install {name}), or leave it out of 'trackers'")
+        if name == "tensorboard":
+            made.append(TensorBoardTracker("tensorboard", out))
+        elif name == "wandb":
+            made.append(WandBTracker(wandb_project, name=out.resolve().name, id=wandb_run_id(out), resume="allow",
+                                     dir=str(out)))
+    return made
+
+
+def wandb_run_id(out: Path) -> str:
+    """The W&B run id of OUT: made by the first run, read back by every resume. Every process asks (only the main
+    one's tracker starts), so the file appears whole or not at all: written aside, then linked into place."""
+    path = Path(out) / WANDB_ID_NAME
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aside = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        aside.write_text(secrets.token_hex(8) + "\n")
+        with contextlib.suppress(FileExistsError):  # another process was first: its id stands
+            os.link(aside, path)
+        aside.unlink()
+    return path.read_text().strip()
 
 
 class MetricsLog:
@@ -67,7 +102,7 @@ class MetricsLog:
             if tracker.name == "tensorboard":
                 tracker.tracker.add_audio(tag, torch.from_numpy(np.clip(audio, -1.0, 1.0))[None], step, sample_rate)
                 tracker.tracker.flush()
-            elif tracker.name == "wandb":  # not installed here: untested
+            elif tracker.name == "wandb":
                 import wandb
 
                 tracker.tracker.log({tag: wandb.Audio(audio, sample_rate=sample_rate)}, step=step)

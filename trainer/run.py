@@ -44,7 +44,7 @@ from narrator.trainer.checkpoint import (ProcessState, TrainerState, check_compl
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.estimate import peak_tflops, workload_from_config
 from narrator.trainer.eval_audio import EvalAudio
-from narrator.trainer.metrics import MetricsLog, StepMetrics, tracker_backend
+from narrator.trainer.metrics import MetricsLog, StepMetrics, make_trackers
 from narrator.trainer.model import GPT
 from narrator.trainer.optim import build_optimizer
 from narrator.trainer.schedule import build_scheduler
@@ -150,7 +150,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * block
 
     metrics = MetricsLog(accelerator, out, state.step)
-    accelerator.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
+    accelerator.init_trackers(cfg.wandb_project, config=flat_hparams(to_dict(cfg)))  # the trackers were named in make_trackers
     # Audio at each evaluation: the first validation window's start continued (main process; None if off or unable).
     eval_audio = EvalAudio.start(cfg, out, accelerator, layout, val_batches[0][0][0], streams, manifest_dir, metrics)
     last_checkpoint = start
@@ -246,7 +246,7 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=cfg.cpu,
-        log_with=tracker_backend(),
+        log_with=make_trackers(cfg.trackers, out, cfg.wandb_project),
         project_dir=str(out),
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if gloo else None,
     )
