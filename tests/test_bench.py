@@ -54,3 +54,29 @@ def test_a_rerun_replaces_its_figures_rows_of_the_day_and_keeps_every_other_line
         ["| h100", "2026-11-26", "loader flat: tokens/s per process", "40.0 M"]]
     assert text.endswith("\n## Later section\n\nkept\n") and "text after" in text
     assert text.count(SECTION) == 1 and text.count("| machine | date | figure |") == 1
+
+
+def test_the_bound_on_two_actors_is_the_chunks_over_the_busiest_actors_share():
+    from tokenize_speed import TokenizeSpeed
+
+    def bound(chunks: int, batch: int, actors: int = 2) -> float:
+        return TokenizeSpeed("", "", "", 0.0, chunks, 1.0, {}, {}, batch_size=batch).best_split(actors, batch)
+
+    assert bound(17, 4) == 17 / 9  # calls 4, 4, 4, 4, 1: one actor gets 4 + 4 + 1
+    assert bound(16, 4) == 2.0
+    assert bound(9, 4) == 9 / 5  # 4, 4, 1
+    assert bound(17, 1) == 17 / 9
+    assert bound(3, 4) == 1.0  # one call: the second actor has nothing to do
+
+
+def test_mfu_measures_a_variant_and_sorts_kernels_by_kind():
+    import torch
+    from mfu import Variant, kind_of, measure
+
+    run = measure(Variant("tiny", block=32, batch=2, dropout=0.0, grad_accum=2), "tiny", steps=2, warmup=1,
+                  device=torch.device("cpu"))
+    assert run["tokens_per_s"] > 0 and run["tflops"] > 0 and run["mfu"] is None  # no peak known for a CPU
+    assert kind_of("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26") == "attention"
+    assert kind_of("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT") == "matmul"
+    assert kind_of("triton_per_fused__to_copy_add_native_layer_norm_backward_view_7") == "fused elementwise / norm (Triton)"
+    assert kind_of("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
