@@ -34,6 +34,7 @@ from narrator.tokenizers.encodec import EncodecTokenizer, synthetic_speech
 from narrator.tokenizers.kmeans import load_kmeans
 from narrator.tokenizers.pipeline import tokenize
 from narrator.tokenizers.semantic import SemanticTokenizer
+from narrator.tokenizers.stderr_filter import MPG123_NOTICE, drop_stderr_lines
 from narrator.tokenizers.whisper import WhisperEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,15 +107,16 @@ def bare_models(cfg: TokenizeConfig, paths: list[str], device: str, kmeans: Path
     if "semantic" in cfg.streams:
         tokenizers.append(SemanticTokenizer(WhisperEmbedder(cfg.whisper, device), load_kmeans(kmeans), device))
     audio_s, start = 0.0, time.perf_counter()
-    for path in paths:
-        info = probe(path)
-        specs = plan_chunks(Path(path).stem, info.duration_s, cfg.chunking)
-        for i in range(0, len(specs), cfg.ray.batch_size):
-            batch = specs[i: i + cfg.ray.batch_size]
-            windows = [read_segment(info, s.ctx_start_s, s.ctx_end_s) for s in batch]
-            for tokenizer in tokenizers:
-                tokenizer.encode_chunks(windows, batch)
-            audio_s += sum(s.end_s - s.start_s for s in batch)
+    with drop_stderr_lines(MPG123_NOTICE):  # a LibriVox poem holds a damaged MP3 frame: `tokenize` warns of it once
+        for path in paths:
+            info = probe(path)
+            specs = plan_chunks(Path(path).stem, info.duration_s, cfg.chunking)
+            for i in range(0, len(specs), cfg.ray.batch_size):
+                batch = specs[i: i + cfg.ray.batch_size]
+                windows = [read_segment(info, s.ctx_start_s, s.ctx_end_s) for s in batch]
+                for tokenizer in tokenizers:
+                    tokenizer.encode_chunks(windows, batch)
+                audio_s += sum(s.end_s - s.start_s for s in batch)
     wall = time.perf_counter() - start
     torch.set_num_threads(threads)
     return audio_s, wall
@@ -129,11 +131,12 @@ def _bare_process(cfg: TokenizeConfig, chunks: list[tuple[str, dict]], kmeans: P
     infos = {path: probe(path) for path, _ in chunks}
     barrier.wait()
     start, audio_s = time.perf_counter(), 0.0
-    for path, spec in chunks:
-        window = read_segment(infos[path], spec.ctx_start_s, spec.ctx_end_s)
-        for tokenizer in tokenizers:
-            tokenizer.encode_chunks([window], [spec])
-        audio_s += spec.end_s - spec.start_s
+    with drop_stderr_lines(MPG123_NOTICE):
+        for path, spec in chunks:
+            window = read_segment(infos[path], spec.ctx_start_s, spec.ctx_end_s)
+            for tokenizer in tokenizers:
+                tokenizer.encode_chunks([window], [spec])
+            audio_s += spec.end_s - spec.start_s
     results.put((audio_s, time.perf_counter() - start))
 
 

@@ -273,3 +273,23 @@ def test_inspect_shows_the_validation_window_of_each_book(first_run, capsys):
     line = next(line for line in text.splitlines() if line.split()[:1] == [book.id])
     shown = line.split("val ", 1)[1].removesuffix(" s")
     assert [float(x) for x in shown.split("-")] == pytest.approx([start, end], abs=0.04)  # whole 40 ms slots
+
+
+def test_a_damaged_mp3_is_tokenized_with_one_line_naming_it_and_none_of_the_decoders_own(
+        tmp_path, ray_local, speech_wav, checkpoint, capfd):
+    clean = speech_wav(tmp_path / "clean.mp3", 12.0, fmt="MP3")
+    data = bytearray(clean.read_bytes())
+    garbage = np.random.default_rng(0).integers(0, 256, 20, dtype=np.uint8).tobytes()
+    for offset in range(len(data) // 3, len(data) // 2, len(data) // 30):  # a few frames' headers and bits
+        data[offset: offset + 20] = garbage
+    damaged = tmp_path / "damaged.mp3"
+    damaged.write_bytes(bytes(data))
+    tokenize(config(f"encodec.weights.checkpoint={checkpoint}"), tmp_path / "tokens", [str(damaged), str(clean)])
+    out, err = capfd.readouterr()
+    lines = (out + err).splitlines()
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"warning: {damaged}: damaged MP3 data: the decoder skipped or concealed it (") and warnings[0].endswith(
+        "); tokenized as decoded") and "error" not in warnings[0], warnings
+    assert not [line for line in lines if ("libmpg123" in line or "Note: " in line) and not line.startswith("warning:")]
+    assert [b.id for b in Manifest.load(tmp_path / "tokens").books] == ["damaged", "clean"]

@@ -21,6 +21,7 @@ import soxr
 from narrator.errors import NarratorError
 from narrator.tokenizers import storage
 from narrator.tokenizers.config import SAMPLE_RATE
+from narrator.tokenizers.stderr_filter import MPG123_NOTICE, drop_stderr_lines
 
 # Source seconds read beyond each end of a segment before resampling, so the resampler's edge
 # transient (~80 output samples) falls outside the samples we keep.
@@ -104,15 +105,30 @@ def read_segment(source: str | Path | AudioInfo, start_s: float, end_s: float) -
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def peak_dbfs(source: str | Path | AudioInfo, block_seconds: float = 60.0) -> float:
-    """Peak level of the mono downmix in dBFS (-inf for digital silence), streamed block by block."""
+@dataclass(frozen=True)
+class Scan:
+    """What one read of a whole book tells."""
+
+    peak_dbfs: float  # of the mono downmix; -inf for digital silence
+    decoder_notes: tuple[str, ...]  # libmpg123's lines on damaged MP3 frames it skipped or concealed
+
+
+def is_mp3(source: str | Path) -> bool:
+    return str(source).split("?")[0].lower().endswith(".mp3")
+
+
+def scan(source: str | Path | AudioInfo, block_seconds: float = 60.0) -> Scan:
+    """Read the whole file once, block by block: its peak level, and for an MP3 the decoder's notes on damaged
+    data (taken from fd 2, where libmpg123 prints them naming no file: so an MP3 is scanned by one thread of a
+    process at a time; other formats in any thread)."""
     info = source if isinstance(source, AudioInfo) else probe(source)
     peak = 0.0
+    capture = drop_stderr_lines(MPG123_NOTICE) if is_mp3(info.path) else contextlib.nullcontext([])
     try:
-        with _sound_file(info.path) as f:
+        with capture as notes, _sound_file(info.path) as f:
             for block in f.blocks(blocksize=int(block_seconds * info.sample_rate), dtype="float32", always_2d=True):
                 if len(block):
                     peak = max(peak, float(np.abs(block.mean(axis=1)).max()))
     except RuntimeError as e:
         raise NarratorError(f"{info.path}: unreadable audio ({e})") from None
-    return 20.0 * math.log10(peak) if peak > 0 else -math.inf
+    return Scan(20.0 * math.log10(peak) if peak > 0 else -math.inf, tuple(notes))

@@ -13,12 +13,13 @@ import contextlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import NarratorError
 from narrator.tokenizers import storage
 from narrator.tokenizers.catalog import BookSource, resolve_inputs
-from narrator.tokenizers.audio import AudioInfo, peak_dbfs, probe, read_segment
+from narrator.tokenizers.audio import AudioInfo, is_mp3, probe, read_segment, scan
 from narrator.tokenizers.chunking import ChunkSpec, grid_steps, plan_chunks
 from narrator.streaming.config import DataConfig
 from narrator.streaming.split import held_out_slots
@@ -45,7 +46,7 @@ from narrator.tokenizers.semantic import (KMEANS_STEM, SemanticTokenizer, fit_se
                                           semantic_stream_info)
 from narrator.tokenizers.plan import PlannedBook, ShardPlan
 from narrator.tokenizers.ray_cluster import node_summary, ray_session
-from narrator.tokenizers.stderr_filter import RAY_ACTOR_RESTART_NOTICE, drop_stderr_lines
+from narrator.tokenizers.stderr_filter import MPG123_NOTICE, RAY_ACTOR_RESTART_NOTICE, drop_stderr_lines
 from narrator.tokenizers.whisper import WhisperEmbedder
 from narrator.tokenizers.shards import (ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy,
                                         log_written, read_written, shard_path, stream_info_path)
@@ -107,7 +108,8 @@ def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str],
             "name": ACOUSTIC, "config": to_dict(cfg.encodec), "identity": to_dict(codec.weights_identity()),
             "weights": codec.model.state_dict()}))
     if embedder is not None:
-        streams.append(_semantic_stream(cfg, out, embedder, plan))
+        with drop_stderr_lines(MPG123_NOTICE):  # the k-means reads books whose damage planning reported
+            streams.append(_semantic_stream(cfg, out, embedder, plan))
     for stream in streams:
         _write_json(storage.join(out, stream_info_path(stream.info.name)), stream.info)
     present = _folder_streams(out)
@@ -196,10 +198,13 @@ class ChunkEncoderActor:
         errors = [""] * n
         try:
             windows = []
-            for path, spec in zip(batch["path"], specs):
-                if path not in self.audio:
-                    self.audio[path] = probe(path)
-                windows.append(read_segment(self.audio[path], spec.ctx_start_s, spec.ctx_end_s))
+            # libmpg123's notes on damaged frames: planning named the book once; they would only fill the logs here.
+            quiet = drop_stderr_lines(MPG123_NOTICE) if any(is_mp3(p) for p in batch["path"]) else contextlib.nullcontext()
+            with quiet:
+                for path, spec in zip(batch["path"], specs):
+                    if path not in self.audio:
+                        self.audio[path] = probe(path)
+                    windows.append(read_segment(self.audio[path], spec.ctx_start_s, spec.ctx_end_s))
             for name, tokenizer in self.tokenizers.items():
                 rows = [i for i in range(n) if name in wanted[i]]
                 if rows:
@@ -318,15 +323,19 @@ def _bytes_per_second(cfg: TokenizeConfig) -> float:
     return float(sum(2 * rates[name] for name in cfg.streams))
 
 
-def _check_book(book: BookSource, cfg: TokenizeConfig) -> float:
-    """The duration of a usable book; reads the whole file once for its peak. One-line NarratorError otherwise."""
-    info = probe(book.source)
-    if info.duration_s < cfg.min_seconds:
-        raise NarratorError(f"too short: {info.duration_s:.2f} s (min_seconds {cfg.min_seconds:g})")
-    peak = peak_dbfs(info)
-    if peak < cfg.silence_dbfs:
-        raise NarratorError(f"silent (peak {peak:.1f} dBFS is below silence_dbfs {cfg.silence_dbfs:g})")
-    return info.duration_s
+def _check_book(source: str, min_seconds: float, silence_dbfs: float) -> tuple[float, tuple[str, ...]] | str:
+    """A usable book's duration and its decoder's notes on damaged data (the whole file is read once, for its
+    peak); else why it is not usable, in a few words. Module level: MP3 books are checked in processes."""
+    try:
+        info = probe(source)
+        if info.duration_s < min_seconds:
+            raise NarratorError(f"too short: {info.duration_s:.2f} s (min_seconds {min_seconds:g})")
+        found = scan(info)
+        if found.peak_dbfs < silence_dbfs:
+            raise NarratorError(f"silent (peak {found.peak_dbfs:.1f} dBFS is below silence_dbfs {silence_dbfs:g})")
+    except NarratorError as e:  # the reason alone: the message and the manifest name the file beside it
+        return str(e).removeprefix(f"{source}: ")
+    return info.duration_s, found.decoder_notes
 
 
 def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], report: TokenizeReport,
@@ -340,22 +349,39 @@ def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], r
         elif planned.source != book.source:
             _fail(report, book, f"book id {book.id} already holds the tokens of {planned.source}")
 
-    def check(book: BookSource) -> float | str:
-        try:
-            return _check_book(book, cfg)
-        except NarratorError as e:  # the reason alone: the message and the manifest name the file beside it
-            return str(e).removeprefix(f"{book.source}: ")
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # decoding releases the GIL
-        results = list(pool.map(check, new))
+    # Each book is read whole once, in parallel: threads (decoding releases the GIL), but MP3s in processes of their
+    # own, as libmpg123's notes on damaged frames go to the process's fd 2 without the file's name.
+    mp3 = [book for book in new if is_mp3(book.source)]
+    results: dict[str, tuple[float, tuple[str, ...]] | str] = {}
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        others = [book for book in new if not is_mp3(book.source)]
+        results.update(zip((b.source for b in others), pool.map(_check_book, *_check_args(others, cfg))))
+    if mp3:
+        with ProcessPoolExecutor(max_workers=min(len(mp3), os.cpu_count() or 1),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            results.update(zip((b.source for b in mp3), pool.map(_check_book, *_check_args(mp3, cfg))))
     usable = []
-    for book, result in zip(new, results):
+    for book in new:
+        result = results[book.source]
         if isinstance(result, str):
             _fail(report, book, result)
-        else:
-            usable.append(PlannedBook(book.id, book.source, result, book.meta))
+            continue
+        duration, notes = result
+        if notes:
+            first = _MPG123_PREFIX.sub("", notes[0])
+            print(f"warning: {book.given}: damaged MP3 data: the decoder skipped or concealed it ({len(notes)} "
+                  f"note{'s' if len(notes) > 1 else ''} from libmpg123, the first: {first}); tokenized as decoded")
+        usable.append(PlannedBook(book.id, book.source, duration, book.meta))
     plan.extend(usable, cfg.chunking, cfg.shards.target_mb * 1e6, bytes_per_second)
     report.added += [b.id for b in usable]
+
+
+_MPG123_PREFIX = re.compile(r"^(\[src/libmpg123/[^\]]*\]\s*(error|warning):\s*|Note:\s*)")  # the note without its source line
+
+
+def _check_args(books: list[BookSource], cfg: TokenizeConfig) -> tuple[list, ...]:
+    """_check_book's arguments for each book, as Executor.map takes them."""
+    return [b.source for b in books], [cfg.min_seconds] * len(books), [cfg.silence_dbfs] * len(books)
 
 
 def _fail(report: TokenizeReport, book: BookSource, reason: str) -> None:

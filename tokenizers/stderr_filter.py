@@ -1,8 +1,10 @@
-"""Drop one known, harmless line from the process's stderr (fd 2) while passing everything else through.
+"""Drop known lines from the process's stderr (fd 2), written by C or C++ code, while passing everything else through.
 
 Ray Data always puts its actors' constructor in the object store and restarts actors that die, so
 Ray's C++ core worker logs an error-looking line for every actor pool it starts. Its own switch
-(RAY_BACKEND_LOG_LEVEL) would hide real errors too; this drops exactly that line.
+(RAY_BACKEND_LOG_LEVEL) would hide real errors too; this drops exactly that line. libmpg123 (inside
+libsndfile) prints its notes on damaged MP3 frames, which name no file, straight to fd 2; the audio
+reader collects them instead and says in one line which book they came from.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from contextlib import contextmanager
 
 RAY_ACTOR_RESTART_NOTICE = re.compile(
     rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store and max_restarts > 0")
+MPG123_NOTICE = re.compile(rb"^(\[src/libmpg123/|Note: (Illegal Audio-MPEG-Header|Trying to resync|Skipped \d+ bytes))")
 _LINE_END = re.compile(rb"(?<=[\r\n])")
 
 
 @contextmanager
-def drop_stderr_lines(pattern: re.Pattern[bytes]) -> Iterator[None]:
-    """Within the block, lines written to fd 2 (by Python or C++) that match `pattern` are not shown.
+def drop_stderr_lines(pattern: re.Pattern[bytes]) -> Iterator[list[str]]:
+    """Within the block, lines written to fd 2 (by Python or C++) that match `pattern` are not shown; the block
+    gets the list they are added to (complete once it ends). fd 2 is the process's: blocks may nest, but two
+threads' blocks at once would swap each other's fd 2.
 
-    Text is forwarded as soon as it cannot start a matching line (the lines dropped start with '['),
-    so progress bars that redraw with '\\r' stay live.
+    Text is forwarded as soon as it cannot start a matching line (the lines dropped start with '[' or
+    "Note: "), so progress bars that redraw with '\\r' stay live.
     """
     sys.stderr.flush()
     shown = os.dup(2)
@@ -32,22 +37,30 @@ def drop_stderr_lines(pattern: re.Pattern[bytes]) -> Iterator[None]:
     os.dup2(write_end, 2)
     os.close(write_end)
 
+    dropped: list[str] = []
+
+    def keep(line: bytes) -> bool:
+        if pattern.search(line):
+            dropped.append(line.decode(errors="replace").strip())
+            return False
+        return True
+
     def pump() -> None:
         pending = b""
         while data := os.read(read_end, 1 << 16):
             *lines, pending = _LINE_END.split(pending + data)
-            out = b"".join(line for line in lines if not pattern.search(line))
-            if pending and not pending.startswith(b"["):
+            out = b"".join(line for line in lines if keep(line))
+            if pending and not (pending.startswith(b"[") or b"Note: ".startswith(pending[:6])):
                 out, pending = out + pending, b""
             if out:
                 os.write(shown, out)
-        if pending and not pattern.search(pending):
+        if pending and keep(pending):
             os.write(shown, pending)
 
     thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
     thread.start()
     try:
-        yield
+        yield dropped
     finally:
         sys.stderr.flush()
         os.dup2(shown, 2)  # closes the pipe's last write end: the pump reads to the end and stops
