@@ -9,7 +9,10 @@ containers (m4a, opus-in-webm, ...) are refused; convert them first, e.g.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ import soxr
 from narrator.errors import NarratorError
 from narrator.tokenizers import storage
 from narrator.tokenizers.config import SAMPLE_RATE
-from narrator.tokenizers.stderr_filter import MPG123_NOTICE, drop_stderr_lines
+from narrator.tokenizers.stderr_filter import MPG123_NOTICE, drop_stderr_lines, plain_note
 
 # Source seconds read beyond each end of a segment before resampling, so the resampler's edge
 # transient (~80 output samples) falls outside the samples we keep.
@@ -110,7 +113,7 @@ class Scan:
     """What one read of a whole book tells."""
 
     peak_dbfs: float  # of the mono downmix; -inf for digital silence
-    decoder_notes: tuple[str, ...]  # libmpg123's lines on damaged MP3 frames it skipped or concealed
+    decoder_notes: tuple[str, ...]  # libmpg123's notes on damaged MP3 frames it skipped or concealed (plain_note)
 
 
 def is_mp3(source: str | Path) -> bool:
@@ -131,4 +134,36 @@ def scan(source: str | Path | AudioInfo, block_seconds: float = 60.0) -> Scan:
                     peak = max(peak, float(np.abs(block.mean(axis=1)).max()))
     except RuntimeError as e:
         raise NarratorError(f"{info.path}: unreadable audio ({e})") from None
-    return Scan(20.0 * math.log10(peak) if peak > 0 else -math.inf, tuple(notes))
+    return Scan(20.0 * math.log10(peak) if peak > 0 else -math.inf, tuple(plain_note(n) for n in notes))
+
+
+def check_book(source: str, min_seconds: float, silence_dbfs: float) -> tuple[float, tuple[str, ...]] | str:
+    """A usable book's duration and its decoder's notes on damaged data (the whole file is read once, for its
+    peak); else why it is not usable, in a few words (the caller names the file beside them)."""
+    try:
+        info = probe(source)
+        if info.duration_s < min_seconds:
+            raise NarratorError(f"too short: {info.duration_s:.2f} s (min_seconds {min_seconds:g})")
+        found = scan(info)
+        if found.peak_dbfs < silence_dbfs:
+            raise NarratorError(f"silent (peak {found.peak_dbfs:.1f} dBFS is below silence_dbfs {silence_dbfs:g})")
+    except NarratorError as e:
+        return str(e).removeprefix(f"{source}: ")
+    return info.duration_s, found.decoder_notes
+
+
+def check_book_apart(source: str, min_seconds: float, silence_dbfs: float) -> tuple[float, tuple[str, ...]] | str:
+    """check_book in a Python process of its own: libmpg123 writes its notes to the process's fd 2, so an MP3 checked
+    beside others in threads could not tell whose they are (`python -m narrator.tokenizers.audio`, which imports only
+    this module: ~0.2 s a book)."""
+    proc = subprocess.run([sys.executable, "-m", "narrator.tokenizers.audio", source, repr(min_seconds), repr(silence_dbfs)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return f"unsupported or corrupt audio (its check failed: {last})"
+    result = json.loads(proc.stdout)
+    return result if isinstance(result, str) else (result[0], tuple(result[1]))
+
+
+if __name__ == "__main__":  # check_book_apart's child: SOURCE MIN_SECONDS SILENCE_DBFS -> its result as JSON
+    print(json.dumps(check_book(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))))

@@ -13,13 +13,12 @@ import contextlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import NarratorError
 from narrator.tokenizers import storage
 from narrator.tokenizers.catalog import BookSource, resolve_inputs
-from narrator.tokenizers.audio import AudioInfo, is_mp3, probe, read_segment, scan
+from narrator.tokenizers.audio import AudioInfo, check_book, check_book_apart, is_mp3, probe, read_segment
 from narrator.tokenizers.chunking import ChunkSpec, grid_steps, plan_chunks
 from narrator.streaming.config import DataConfig
 from narrator.streaming.split import held_out_slots
@@ -323,21 +322,6 @@ def _bytes_per_second(cfg: TokenizeConfig) -> float:
     return float(sum(2 * rates[name] for name in cfg.streams))
 
 
-def _check_book(source: str, min_seconds: float, silence_dbfs: float) -> tuple[float, tuple[str, ...]] | str:
-    """A usable book's duration and its decoder's notes on damaged data (the whole file is read once, for its
-    peak); else why it is not usable, in a few words. Module level: MP3 books are checked in processes."""
-    try:
-        info = probe(source)
-        if info.duration_s < min_seconds:
-            raise NarratorError(f"too short: {info.duration_s:.2f} s (min_seconds {min_seconds:g})")
-        found = scan(info)
-        if found.peak_dbfs < silence_dbfs:
-            raise NarratorError(f"silent (peak {found.peak_dbfs:.1f} dBFS is below silence_dbfs {silence_dbfs:g})")
-    except NarratorError as e:  # the reason alone: the message and the manifest name the file beside it
-        return str(e).removeprefix(f"{source}: ")
-    return info.duration_s, found.decoder_notes
-
-
 def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], report: TokenizeReport,
                 bytes_per_second: float) -> None:
     """Check the books the plan does not hold yet and append the usable ones to it, in input order."""
@@ -349,17 +333,13 @@ def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], r
         elif planned.source != book.source:
             _fail(report, book, f"book id {book.id} already holds the tokens of {planned.source}")
 
-    # Each book is read whole once, in parallel: threads (decoding releases the GIL), but MP3s in processes of their
-    # own, as libmpg123's notes on damaged frames go to the process's fd 2 without the file's name.
-    mp3 = [book for book in new if is_mp3(book.source)]
-    results: dict[str, tuple[float, tuple[str, ...]] | str] = {}
+    # Each book is read whole once, in parallel threads (decoding releases the GIL); an MP3 in a process of its own,
+    # as libmpg123's notes on damaged frames go to the process's fd 2 without the file's name.
+    def check(source: str) -> tuple[float, tuple[str, ...]] | str:
+        return (check_book_apart if is_mp3(source) else check_book)(source, cfg.min_seconds, cfg.silence_dbfs)
+
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        others = [book for book in new if not is_mp3(book.source)]
-        results.update(zip((b.source for b in others), pool.map(_check_book, *_check_args(others, cfg))))
-    if mp3:
-        with ProcessPoolExecutor(max_workers=min(len(mp3), os.cpu_count() or 1),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            results.update(zip((b.source for b in mp3), pool.map(_check_book, *_check_args(mp3, cfg))))
+        results = dict(zip((b.source for b in new), pool.map(check, [b.source for b in new])))
     usable = []
     for book in new:
         result = results[book.source]
@@ -368,20 +348,11 @@ def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], r
             continue
         duration, notes = result
         if notes:
-            first = _MPG123_PREFIX.sub("", notes[0])
             print(f"warning: {book.given}: damaged MP3 data: the decoder skipped or concealed it ({len(notes)} "
-                  f"note{'s' if len(notes) > 1 else ''} from libmpg123, the first: {first}); tokenized as decoded")
+                  f"note{'s' if len(notes) > 1 else ''} from libmpg123, the first: {notes[0]}); tokenized as decoded")
         usable.append(PlannedBook(book.id, book.source, duration, book.meta))
     plan.extend(usable, cfg.chunking, cfg.shards.target_mb * 1e6, bytes_per_second)
     report.added += [b.id for b in usable]
-
-
-_MPG123_PREFIX = re.compile(r"^(\[src/libmpg123/[^\]]*\]\s*(error|warning):\s*|Note:\s*)")  # the note without its source line
-
-
-def _check_args(books: list[BookSource], cfg: TokenizeConfig) -> tuple[list, ...]:
-    """_check_book's arguments for each book, as Executor.map takes them."""
-    return [b.source for b in books], [cfg.min_seconds] * len(books), [cfg.silence_dbfs] * len(books)
 
 
 def _fail(report: TokenizeReport, book: BookSource, reason: str) -> None:

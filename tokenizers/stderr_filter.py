@@ -19,7 +19,13 @@ from contextlib import contextmanager
 RAY_ACTOR_RESTART_NOTICE = re.compile(
     rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store and max_restarts > 0")
 MPG123_NOTICE = re.compile(rb"^(\[src/libmpg123/|Note: (Illegal Audio-MPEG-Header|Trying to resync|Skipped \d+ bytes))")
+_MPG123_SOURCE = re.compile(r"^(\[src/libmpg123/[^\]]*\]\s*(error|warning):\s*|Note:\s*)")
 _LINE_END = re.compile(rb"(?<=[\r\n])")
+
+
+def plain_note(line: str) -> str:
+    """A libmpg123 line without its source-code prefix ("[src/libmpg123/layer3.c:...] error: ", "Note: ")."""
+    return _MPG123_SOURCE.sub("", line)
 
 
 @contextmanager
