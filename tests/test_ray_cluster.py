@@ -226,3 +226,17 @@ def test_a_ray_client_address_is_refused_by_the_config():
 
 def books_of(tokens: Path) -> list[str]:
     return [b.source for b in Manifest.load(tokens).books]
+
+
+def test_a_narrator_folder_in_the_working_directory_that_would_shadow_the_package_in_ray_workers_is_one_line(
+        tmp_path, monkeypatch):
+    from narrator.tokenizers.ray_cluster import ray_session
+
+    (tmp_path / "narrator").mkdir()  # a clone's narrator/ (without tokenizers/), beside a non-editable install
+    (tmp_path / "narrator" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NarratorError, match=rf"^{re.escape(str(tmp_path / 'narrator'))} would shadow the installed narrator \(.*\) in "
+                                            r"Ray's workers, .*: run from another folder, or install this checkout "
+                                            r"editable \(make install\)$"):
+        with ray_session(RayConfig()):
+            pass

@@ -47,6 +47,7 @@ class RaySession:
 def ray_session(cfg: RayConfig) -> Iterator[RaySession]:
     """Connect to (or start) the Ray `cfg.address` names, say which in one line, and let go of it after.
     A Ray this process is already connected to (a test's, a notebook's) is used as it is."""
+    _check_worker_path()
     if ray.is_initialized():
         session = _describe(f"this process's Ray at {ray.get_runtime_context().gcs_address}")
         print(session.describe())
@@ -60,6 +61,21 @@ def ray_session(cfg: RayConfig) -> Iterator[RaySession]:
     finally:
         ray.shutdown()
         restore.environment()
+
+
+def _check_worker_path() -> None:
+    """Ray's workers put the driver's working directory and script folder first on their path; a `narrator/` folder
+    there that is not the package this process imported (a clone's, beside a `pip install .`) would be imported by
+    every actor instead, and fail there with a traceback. Say so before Ray starts."""
+    import narrator
+
+    installed = Path(narrator.__file__).resolve().parent
+    for folder in dict.fromkeys([Path.cwd(), Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else None]):
+        shadow = folder / "narrator" if folder is not None else None
+        if shadow is not None and shadow.is_dir() and shadow.resolve() != installed:
+            raise NarratorError(f"{shadow} would shadow the installed narrator ({installed}) in Ray's workers, which put "
+                                f"the driver's folder first on their path: run from another folder, or install this "
+                                f"checkout editable (make install)")
 
 
 @dataclass
