@@ -24,7 +24,7 @@ import soxr
 from narrator.errors import NarratorError
 from narrator.tokenizers import storage
 from narrator.tokenizers.config import SAMPLE_RATE
-from narrator.tokenizers.stderr_filter import MPG123_NOTICE, drop_stderr_lines, plain_note
+from narrator.tokenizers.stderr_filter import MPG123_NOTICE, plain_note
 
 # Source seconds read beyond each end of a segment before resampling, so the resampler's edge
 # transient (~80 output samples) falls outside the samples we keep.
@@ -108,61 +108,52 @@ def read_segment(source: str | Path | AudioInfo, start_s: float, end_s: float) -
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-@dataclass(frozen=True)
-class Scan:
-    """What one read of a whole book tells."""
-
-    peak_dbfs: float  # of the mono downmix; -inf for digital silence
-    decoder_notes: tuple[str, ...]  # libmpg123's notes on damaged MP3 frames it skipped or concealed (plain_note)
-
-
 def is_mp3(source: str | Path) -> bool:
     return str(source).split("?")[0].lower().endswith(".mp3")
 
 
-def scan(source: str | Path | AudioInfo, block_seconds: float = 60.0) -> Scan:
-    """Read the whole file once, block by block: its peak level, and for an MP3 the decoder's notes on damaged
-    data (taken from fd 2, where libmpg123 prints them naming no file: so an MP3 is scanned by one thread of a
-    process at a time; other formats in any thread)."""
+def peak_dbfs(source: str | Path | AudioInfo, block_seconds: float = 60.0) -> float:
+    """Peak level of the mono downmix in dBFS (-inf for digital silence), streamed block by block."""
     info = source if isinstance(source, AudioInfo) else probe(source)
     peak = 0.0
-    capture = drop_stderr_lines(MPG123_NOTICE) if is_mp3(info.path) else contextlib.nullcontext([])
     try:
-        with capture as notes, _sound_file(info.path) as f:
+        with _sound_file(info.path) as f:
             for block in f.blocks(blocksize=int(block_seconds * info.sample_rate), dtype="float32", always_2d=True):
                 if len(block):
                     peak = max(peak, float(np.abs(block.mean(axis=1)).max()))
     except RuntimeError as e:
         raise NarratorError(f"{info.path}: unreadable audio ({e})") from None
-    return Scan(20.0 * math.log10(peak) if peak > 0 else -math.inf, tuple(plain_note(n) for n in notes))
+    return 20.0 * math.log10(peak) if peak > 0 else -math.inf
 
 
-def check_book(source: str, min_seconds: float, silence_dbfs: float) -> tuple[float, tuple[str, ...]] | str:
-    """A usable book's duration and its decoder's notes on damaged data (the whole file is read once, for its
-    peak); else why it is not usable, in a few words (the caller names the file beside them)."""
+def check_book(source: str, min_seconds: float, silence_dbfs: float) -> float | str:
+    """A usable book's duration (the whole file is read once, for its peak); else why it is not usable, in a few
+    words (the caller names the file beside them)."""
     try:
         info = probe(source)
         if info.duration_s < min_seconds:
             raise NarratorError(f"too short: {info.duration_s:.2f} s (min_seconds {min_seconds:g})")
-        found = scan(info)
-        if found.peak_dbfs < silence_dbfs:
-            raise NarratorError(f"silent (peak {found.peak_dbfs:.1f} dBFS is below silence_dbfs {silence_dbfs:g})")
+        peak = peak_dbfs(info)
+        if peak < silence_dbfs:
+            raise NarratorError(f"silent (peak {peak:.1f} dBFS is below silence_dbfs {silence_dbfs:g})")
     except NarratorError as e:
         return str(e).removeprefix(f"{source}: ")
-    return info.duration_s, found.decoder_notes
+    return info.duration_s
 
 
-def check_book_apart(source: str, min_seconds: float, silence_dbfs: float) -> tuple[float, tuple[str, ...]] | str:
-    """check_book in a Python process of its own: libmpg123 writes its notes to the process's fd 2, so an MP3 checked
-    beside others in threads could not tell whose they are (`python -m narrator.tokenizers.audio`, which imports only
-    this module: ~0.2 s a book)."""
+def check_book_apart(source: str, min_seconds: float, silence_dbfs: float) -> tuple[float | str, list[str]]:
+    """check_book in a Python process of its own, and the decoder's notes on damaged data that it printed:
+    libmpg123 writes them to the process's stderr naming no file, so an MP3 checked beside others in threads
+    could not tell whose they are (`python -m narrator.tokenizers.audio`, which imports only this module:
+    ~0.2 s a book)."""
     proc = subprocess.run([sys.executable, "-m", "narrator.tokenizers.audio", source, repr(min_seconds), repr(silence_dbfs)],
                           capture_output=True, text=True, check=False)
+    lines = proc.stderr.splitlines()
+    notes = [plain_note(line.strip()) for line in lines if MPG123_NOTICE.search(line.encode())]
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        return f"unsupported or corrupt audio (its check failed: {last})"
-    result = json.loads(proc.stdout)
-    return result if isinstance(result, str) else (result[0], tuple(result[1]))
+        last = ([line for line in lines if line.strip()] or [f"exit status {proc.returncode}"])[-1]
+        return f"unsupported or corrupt audio (its check failed: {last.strip()})", notes
+    return json.loads(proc.stdout), notes
 
 
 if __name__ == "__main__":  # check_book_apart's child: SOURCE MIN_SECONDS SILENCE_DBFS -> its result as JSON

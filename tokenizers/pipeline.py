@@ -335,18 +335,19 @@ def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], r
 
     # Each book is read whole once, in parallel threads (decoding releases the GIL); an MP3 in a process of its own,
     # as libmpg123's notes on damaged frames go to the process's fd 2 without the file's name.
-    def check(source: str) -> tuple[float, tuple[str, ...]] | str:
-        return (check_book_apart if is_mp3(source) else check_book)(source, cfg.min_seconds, cfg.silence_dbfs)
+    def check(source: str) -> tuple[float | str, list[str]]:
+        if is_mp3(source):
+            return check_book_apart(source, cfg.min_seconds, cfg.silence_dbfs)
+        return check_book(source, cfg.min_seconds, cfg.silence_dbfs), []
 
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         results = dict(zip((b.source for b in new), pool.map(check, [b.source for b in new])))
     usable = []
     for book in new:
-        result = results[book.source]
-        if isinstance(result, str):
-            _fail(report, book, result)
+        duration, notes = results[book.source]
+        if isinstance(duration, str):
+            _fail(report, book, duration)
             continue
-        duration, notes = result
         if notes:
             print(f"warning: {book.given}: damaged MP3 data: the decoder skipped or concealed it ({len(notes)} "
                   f"note{'s' if len(notes) > 1 else ''} from libmpg123, the first: {notes[0]}); tokenized as decoded")

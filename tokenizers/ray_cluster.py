@@ -70,9 +70,9 @@ def _check_worker_path() -> None:
     import narrator
 
     installed = Path(narrator.__file__).resolve().parent
-    for folder in dict.fromkeys([Path.cwd(), Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else None]):
-        shadow = folder / "narrator" if folder is not None else None
-        if shadow is not None and shadow.is_dir() and shadow.resolve() != installed:
+    folders = [Path.cwd()] + ([Path(sys.argv[0]).resolve().parent] if sys.argv and sys.argv[0] else [])
+    for shadow in (folder / "narrator" for folder in folders):
+        if shadow.is_dir() and shadow.resolve() != installed:
             raise NarratorError(f"{shadow} would shadow the installed narrator ({installed}) in Ray's workers, which put "
                                 f"the driver's folder first on their path: run from another folder, or install this "
                                 f"checkout editable (make install)")

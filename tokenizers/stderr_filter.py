@@ -3,8 +3,8 @@
 Ray Data always puts its actors' constructor in the object store and restarts actors that die, so
 Ray's C++ core worker logs an error-looking line for every actor pool it starts. Its own switch
 (RAY_BACKEND_LOG_LEVEL) would hide real errors too; this drops exactly that line. libmpg123 (inside
-libsndfile) prints its notes on damaged MP3 frames, which name no file, straight to fd 2; the audio
-reader collects them instead and says in one line which book they came from.
+libsndfile) prints its notes on damaged MP3 frames, which name no file, straight to fd 2; tokenize
+names the book in one line (audio.check_book_apart) and drops the notes where the book is read again.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ def plain_note(line: str) -> str:
 
 
 @contextmanager
-def drop_stderr_lines(pattern: re.Pattern[bytes]) -> Iterator[list[str]]:
-    """Within the block, lines written to fd 2 (by Python or C++) that match `pattern` are not shown; the block
-    gets the list they are added to (complete once it ends). fd 2 is the process's: blocks may nest, but two
-threads' blocks at once would swap each other's fd 2.
+def drop_stderr_lines(pattern: re.Pattern[bytes]) -> Iterator[None]:
+    """Within the block, lines written to fd 2 (by Python or C++) that match `pattern` are not shown. fd 2 is the
+    process's: blocks may nest, but two threads' blocks at once would swap each other's fd 2.
 
     Text is forwarded as soon as it cannot start a matching line (the lines dropped start with '[' or
     "Note: "), so progress bars that redraw with '\\r' stay live.
@@ -43,30 +42,22 @@ threads' blocks at once would swap each other's fd 2.
     os.dup2(write_end, 2)
     os.close(write_end)
 
-    dropped: list[str] = []
-
-    def keep(line: bytes) -> bool:
-        if pattern.search(line):
-            dropped.append(line.decode(errors="replace").strip())
-            return False
-        return True
-
     def pump() -> None:
         pending = b""
         while data := os.read(read_end, 1 << 16):
             *lines, pending = _LINE_END.split(pending + data)
-            out = b"".join(line for line in lines if keep(line))
+            out = b"".join(line for line in lines if not pattern.search(line))
             if pending and not (pending.startswith(b"[") or b"Note: ".startswith(pending[:6])):
                 out, pending = out + pending, b""
             if out:
                 os.write(shown, out)
-        if pending and keep(pending):
+        if pending and not pattern.search(pending):
             os.write(shown, pending)
 
     thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
     thread.start()
     try:
-        yield dropped
+        yield
     finally:
         sys.stderr.flush()
         os.dup2(shown, 2)  # closes the pipe's last write end: the pump reads to the end and stops
