@@ -8,7 +8,7 @@ import soundfile as sf
 import soxr
 
 from narrator.errors import NarratorError
-from narrator.tokenizers.audio import probe, read_segment, scan
+from narrator.tokenizers.audio import peak_dbfs, probe, read_segment
 
 
 def test_probe_reports_the_header(tmp_path, speech_wav):
@@ -42,13 +42,13 @@ def test_segments_are_clipped_at_the_end_of_the_file(tmp_path, speech_wav):
     assert len(read_segment(path, 5.0, 9.0)) == 0
 
 
-def test_the_peak_is_of_the_whole_file_streamed(tmp_path):
+def test_peak_dbfs_streams_the_whole_file(tmp_path):
     quiet = np.zeros(48_000, dtype=np.float32)
     sf.write(tmp_path / "silent.wav", quiet, 24_000)
-    assert scan(tmp_path / "silent.wav").peak_dbfs == -math.inf
+    assert peak_dbfs(tmp_path / "silent.wav") == -math.inf
     quiet[40_000] = 0.5  # one sample late in the file, past the first block
     sf.write(tmp_path / "click.wav", quiet, 24_000)
-    assert scan(tmp_path / "click.wav", block_seconds=0.5).peak_dbfs == pytest.approx(-6.02, abs=0.01)
+    assert peak_dbfs(tmp_path / "click.wav", block_seconds=0.5) == pytest.approx(-6.02, abs=0.01)
 
 
 def _missing(d):
