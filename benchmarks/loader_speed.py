@@ -21,8 +21,8 @@ import numpy as np
 from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import TokenShards, build_train_loader, build_val_loader
 from narrator.streaming.layout import LAYOUTS
-from narrator.tokenizers.manifest import ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity
-from narrator.tokenizers.shards import ChunkRecord, ShardWriter
+from narrator.tokenfolder.manifest import ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity
+from narrator.tokenfolder.shards import ChunkRecord, ShardWriter
 
 FRAME_RATE = 75
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import TokenShards, open_folder
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loader_speed import write_synthetic  # noqa: E402

@@ -30,7 +30,7 @@ from loader_speed import write_synthetic
 
 from narrator.config import load_config
 from narrator.streaming.dataset import build_train_loader, open_folder, open_sources
-from narrator.tokenizers.manifest import MANIFEST_NAME
+from narrator.tokenfolder.manifest import MANIFEST_NAME
 from narrator.trainer import run
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.model import GPT

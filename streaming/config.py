@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from narrator.errors import ConfigError
+from narrator.tokenfolder.split import SplitConfig
 
 
 @dataclass
@@ -43,6 +44,10 @@ class DataConfig:
     def sources(self) -> list[MixSource]:
         """The token folders to read: `mix`, or `manifest` alone with weight 1."""
         return list(self.mix) if self.mix else [MixSource(self.manifest)] if self.manifest else []
+
+    @property
+    def split(self) -> SplitConfig:
+        return SplitConfig(self.val_center, self.val_fraction, self.long_book_seconds)
 
     @property
     def layout_name(self) -> str:

@@ -40,10 +40,10 @@ from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.layout import LAYOUTS, SLOT_FRAMES, Layout, StreamShape, make_layout
 from narrator.streaming.position import MIX_BLOCK, DataDeal, DataPosition, SourcePosition, WorkerPosition
-from narrator.streaming.split import held_out_slots, split_span
-from narrator.tokenizers import storage
-from narrator.tokenizers.manifest import ACOUSTIC, MANIFEST_NAME, SLOT_SECONDS, Manifest, token_folder
-from narrator.tokenizers.shards import ChunkRecord, decode_npy
+from narrator.tokenfolder.split import held_out_slots, split_span
+from narrator.tokenfolder import storage
+from narrator.tokenfolder.manifest import ACOUSTIC, MANIFEST_NAME, SLOT_SECONDS, Manifest, token_folder
+from narrator.tokenfolder.shards import ChunkRecord, decode_npy
 
 REMOTE_SCHEMES = ("http", "https")  # opened by webdataset's gopen with curl (no shell)
 
@@ -260,7 +260,7 @@ class TokenShards:
                    for s in order} for i, shard in enumerate(manifest.shards)],
             shard_samples=[s.samples for s in manifest.shards],
             layout=layout,
-            val_slots=held_out_slots(manifest.books, cfg),
+            val_slots=held_out_slots(manifest.books, cfg.split),
         )
 
     def stride(self, block_size: int) -> int:

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from narrator.tokenizers.manifest import ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity
-from narrator.tokenizers.shards import ChunkRecord, ShardWriter
+from narrator.tokenfolder.manifest import ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity
+from narrator.tokenfolder.shards import ChunkRecord, ShardWriter
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"  # <repo>/../shared/audio
 

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.layout import FlatLayout
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.trainer.checkpoint import TrainerState, save_checkpoint
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.generate import BOUNDARY_SILENCE_S, GenerateConfig, generate, tokens_to_audio

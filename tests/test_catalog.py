@@ -11,9 +11,9 @@ from narrator.config import load_config
 from narrator.errors import NarratorError
 from narrator.tokenizers.catalog import resolve_inputs
 from narrator.tokenizers.config import TokenizeConfig
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.tokenizers.pipeline import tokenize
-from narrator.tokenizers.shards import file_sha256
+from narrator.tokenfolder.shards import file_sha256
 
 
 def jsonl(path, *rows) -> str:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from narrator.errors import NarratorError
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 from narrator.trainer import run
 from narrator.trainer.checkpoint import list_checkpoints, load_for_inference, read_state
 from narrator.trainer.metrics import read_metrics
@@ -159,7 +159,7 @@ def test_skip_nonfinite_is_refused_when_negative(token_folder, tmp_path, capsys)
 
 FAULT_OF_TORCH_SAVE = """
 import resource, signal, sys, torch
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import soundfile as sf
 
 from narrator.cli import main as narrator
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.trainer.generate import BOUNDARY_SILENCE_S
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from accelerate import Accelerator
 
 from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.trainer.checkpoint import TrainerState, save_checkpoint
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.generate import GenerateConfig, generate

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.trainer import run
 from narrator.trainer.checkpoint import STATE_NAME, list_checkpoints
 

@@ -25,10 +25,10 @@ from narrator import cli
 from narrator.config import load_config, to_dict
 from narrator.errors import NarratorError
 from narrator.streaming.dataset import shard_urls
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.config import TokenizeConfig
-from narrator.tokenizers.manifest import ACOUSTIC, Manifest
+from narrator.tokenfolder.manifest import ACOUSTIC, Manifest
 from narrator.tokenizers.pipeline import tokenize
 from narrator.trainer import run
 from narrator.trainer.metrics import read_metrics

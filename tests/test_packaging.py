@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = ["narrator", "tokenizers", "streaming", "trainer"]
+PACKAGE_DIRS = ["narrator", "tokenizers", "tokenfolder", "streaming", "trainer"]
 
 PROBE = """
 import json
-import narrator.streaming, narrator.tokenizers, narrator.trainer, tokenizers
+import narrator.streaming, narrator.tokenfolder, narrator.tokenizers, narrator.trainer, tokenizers
 try:
     import streaming
     streaming_file = streaming.__file__
@@ -27,6 +27,7 @@ except ModuleNotFoundError:
     streaming_file = None
 print(json.dumps({
     "narrator.tokenizers": narrator.tokenizers.__file__,
+    "narrator.tokenfolder": narrator.tokenfolder.__file__,
     "narrator.streaming": narrator.streaming.__file__,
     "narrator.trainer": narrator.trainer.__file__,
     "tokenizers": tokenizers.__file__,
@@ -52,7 +53,7 @@ def _installed_elsewhere(path: str) -> bool:
     return "site-packages" in path.parts and not any(path.is_relative_to(REPO / d) for d in PACKAGE_DIRS)
 
 
-@pytest.mark.parametrize("folder", ["tokenizers", "streaming", "trainer"])
+@pytest.mark.parametrize("folder", ["tokenizers", "tokenfolder", "streaming", "trainer"])
 def test_namespaced_packages_resolve_to_the_repo_folders(modules, folder):
     assert Path(modules[f"narrator.{folder}"]).resolve() == REPO / folder / "__init__.py"
 

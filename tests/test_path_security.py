@@ -18,7 +18,7 @@ from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import TokenShards, open_folder
 from narrator.tokenizers.catalog import resolve_inputs
-from narrator.tokenizers.manifest import ACOUSTIC, Manifest
+from narrator.tokenfolder.manifest import ACOUSTIC, Manifest
 from narrator.trainer import run
 from narrator.trainer.config import TrainConfig
 

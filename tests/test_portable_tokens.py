@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from narrator.tokenizers.encodec import random_weights_name
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 
 REPO = Path(__file__).resolve().parents[1]
 ERROR_LOOKING = re.compile(r"error|traceback|exception|warn|core_worker|\] E |^E\d{4}", re.IGNORECASE)
@@ -26,7 +26,7 @@ def rebuild(seed):
     raise SystemExit("the random weights were rebuilt instead of loaded")
 encodec._random_model = rebuild
 from narrator.cli import main
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 status = main(sys.argv[2:])
 tokenizer = encodec.load_tokenizer(Manifest.load(sys.argv[1]).stream("acoustic"), weights_dirs=[sys.argv[1]])
 print("threads", torch.get_num_threads(), "sha256", tokenizer.weights_identity().sha256)

@@ -29,7 +29,7 @@ from narrator.errors import NarratorError
 from narrator.config import load_config
 from narrator.tokenizers.config import RayConfig, TokenizeConfig
 from narrator.tokenizers.encodec import random_weights_name
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.tokenizers.ray_cluster import check_address, running_address
 
 REPO = Path(__file__).resolve().parents[1]

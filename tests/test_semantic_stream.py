@@ -13,9 +13,9 @@ from narrator.config import load_config
 from narrator.errors import NarratorError
 from narrator.tokenizers.config import TokenizeConfig
 from narrator.tokenizers.inspect import inspect_tokens
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.tokenizers.pipeline import tokenize
-from narrator.tokenizers.shards import file_sha256
+from narrator.tokenfolder.shards import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE = ["whisper.weights.mode=random", "encodec.weights.mode=random", "kmeans.k=16", "kmeans.sample_frames=4000",

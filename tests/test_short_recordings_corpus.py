@@ -14,7 +14,7 @@ from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import TokenShards, window_coverage
 from narrator.tokenizers.config import TokenizeConfig
 from narrator.tokenizers.inspect import inspect_tokens
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.tokenizers.pipeline import tokenize
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,10 +2,10 @@ import hashlib
 
 import pytest
 
-from narrator.streaming.config import DataConfig
-from narrator.streaming.split import Segment, id_hash, split_chunk, held_out_slots, val_window
-from narrator.tokenizers.manifest import BookEntry
-from narrator.tokenizers.shards import ChunkRecord
+
+from narrator.tokenfolder.split import Segment, SplitConfig, id_hash, split_chunk, held_out_slots, val_window
+from narrator.tokenfolder.manifest import BookEntry
+from narrator.tokenfolder.shards import ChunkRecord
 
 
 def test_val_window_is_centred_sized_and_inside_the_book():
@@ -55,26 +55,26 @@ def book(id: str, seconds: float) -> BookEntry:
 
 def test_short_recordings_are_held_out_whole_by_a_stable_hash_of_their_id():
     books = [book(f"clip{i:03d}", 5.0) for i in range(400)]
-    windows = held_out_slots(books, DataConfig(manifest="x", val_fraction=0.1))
+    windows = held_out_slots(books, SplitConfig(val_fraction=0.1))
     held = [b.id for b in books if windows[b.id] == (0, b.slots)]
     assert all(windows[b.id] in ((0, 0), (0, b.slots)) for b in books)  # all or nothing
     assert held == [b.id for b in books if id_hash(b.id) < 0.1] and 20 < len(held) < 60
     assert id_hash("clip007") == int(hashlib.sha256(b"clip007").hexdigest()[:16], 16) / 2**64  # not hash(): stable
-    assert held_out_slots(list(reversed(books)), DataConfig(manifest="x", val_fraction=0.1)) == windows  # order-free
+    assert held_out_slots(list(reversed(books)), SplitConfig(val_fraction=0.1)) == windows  # order-free
 
 
 def test_long_books_keep_a_mid_window_and_the_threshold_comes_from_the_config():
     books = [book("novel", 600.0), book("clip", 30.0), book("poem", 20.0)]
-    windows = held_out_slots(books, DataConfig(manifest="x"))  # long_book_seconds 60
+    windows = held_out_slots(books, SplitConfig())  # long_book_seconds 60
     assert windows["novel"] == val_window(15000, 0.5, 0.05)  # in 40 ms slots
     assert sorted([windows["clip"], windows["poem"]]) == [(0, 0), (0, 500)]  # none hashed < 0.05: the smallest
-    lowered = held_out_slots(books, DataConfig(manifest="x", long_book_seconds=25.0))
+    lowered = held_out_slots(books, SplitConfig(long_book_seconds=25.0))
     assert lowered["clip"] == val_window(750, 0.5, 0.05) and lowered["poem"] in ((0, 0), (0, 500))
 
 
 def test_a_corpus_of_one_short_recording_still_has_validation_frames():
-    assert held_out_slots([book("only", 24.0)], DataConfig(manifest="x")) == {"only": val_window(600, 0.5, 0.05)}
-    [a, b] = held_out_slots([book("a", 3.0), book("b", 3.0)], DataConfig(manifest="x")).values()
+    assert held_out_slots([book("only", 24.0)], SplitConfig()) == {"only": val_window(600, 0.5, 0.05)}
+    [a, b] = held_out_slots([book("a", 3.0), book("b", 3.0)], SplitConfig()).values()
     assert sorted([a, b]) == [(0, 0), (0, 75)]
 
 

@@ -16,8 +16,8 @@ import pytest
 from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import TokenShards, TrainWindows, build_train_loader, build_val_loader, val_windows
-from narrator.tokenizers.manifest import Manifest
-from narrator.tokenizers.shards import decode_npy, encode_npy, file_sha256
+from narrator.tokenfolder.manifest import Manifest
+from narrator.tokenfolder.shards import decode_npy, encode_npy, file_sha256
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_token_folder  # noqa: E402

@@ -21,8 +21,8 @@ from narrator.streaming.dataset import (TokenShards, TrainWindows, build_train_l
                                         shard_urls, slot_plan, window_coverage)
 from narrator.streaming.layout import FlatLayout
 from narrator.streaming.position import DataDeal, DataPosition
-from narrator.streaming.split import held_out_slots
-from narrator.tokenizers.manifest import ACOUSTIC, Manifest
+from narrator.tokenfolder.split import held_out_slots
+from narrator.tokenfolder.manifest import ACOUSTIC, Manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_token_folder  # noqa: E402
@@ -101,7 +101,7 @@ def cfg(**kw) -> DataConfig:
 
 def held_out(manifest: Manifest) -> dict[int, tuple[int, int]]:
     """Book index -> its held-out frames, as the loaders get them."""
-    return {int(book[4:]): (3 * a, 3 * b) for book, (a, b) in held_out_slots(manifest.books, cfg()).items()}
+    return {int(book[4:]): (3 * a, 3 * b) for book, (a, b) in held_out_slots(manifest.books, cfg().split).items()}
 
 
 def all_frames(manifest: Manifest) -> set[tuple[int, int]]:

@@ -10,7 +10,7 @@ import pytest
 from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig, MixSource
 from narrator.streaming.dataset import build_train_loader, open_folder, open_sources, val_windows
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.trainer import run
 from narrator.trainer.metrics import read_metrics
 

@@ -19,7 +19,7 @@ import pytest
 from narrator.config import load_config
 from narrator.tokenizers.config import TokenizeConfig
 from narrator.tokenizers.encodec import random_weights_name
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.tokenizers.pipeline import tokenize
 
 # Chunks of 2 s, about three to a shard (~9 KB): 3 books of 8, 6 and 6 s make 10 chunks in 4 shards.

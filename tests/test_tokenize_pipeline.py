@@ -20,9 +20,9 @@ from narrator.tokenizers.config import TokenizeConfig
 from narrator.tokenizers.encodec import EncodecTokenizer
 from narrator.tokenizers.weights import state_dict_sha256
 from narrator.tokenizers.inspect import inspect_tokens
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.tokenizers.pipeline import ChunkEncoderActor, resolve_inputs, tokenize
-from narrator.tokenizers.shards import decode_npy, file_sha256
+from narrator.tokenfolder.shards import decode_npy, file_sha256
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from narrator.config import load_config
 from narrator.errors import NarratorError
 from narrator.streaming.dataset import EpochCoverage, TrainBatch
-from narrator.tokenizers.manifest import Manifest
+from narrator.tokenfolder.manifest import Manifest
 from narrator.trainer import run
 from narrator.trainer.checkpoint import (TrainerState, latest_checkpoint, list_checkpoints, load_for_inference,
                                          read_state, resume_checkpoint, save_checkpoint)

@@ -15,7 +15,7 @@ from narrator.errors import NarratorError
 from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import TokenShards, build_train_loader, open_folder
 from narrator.tokenizers.inspect import VERIFY_FAILED
-from narrator.tokenizers.manifest import ACOUSTIC, Manifest
+from narrator.tokenfolder.manifest import ACOUSTIC, Manifest
 from narrator.trainer import run
 
 sys.path.insert(0, str(Path(__file__).parent))

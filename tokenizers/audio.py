@@ -22,7 +22,7 @@ import soundfile as sf
 import soxr
 
 from narrator.errors import NarratorError
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 from narrator.tokenizers.config import SAMPLE_RATE
 from narrator.tokenizers.stderr_filter import MPG123_NOTICE, plain_note
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from narrator.errors import NarratorError
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 
 BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # a folder name in every shard key: no '/', no '.', no '..'
 REQUIRED = ("id", "audio")

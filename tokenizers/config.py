@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from narrator.errors import ConfigError
+from narrator.tokenfolder.manifest import SLOT_SECONDS
 
 SAMPLE_RATE = 24_000
-FRAME_GRID_SECONDS = 0.04  # lcm of EnCodec's 75 Hz and Whisper's 50 Hz frame periods
+FRAME_GRID_SECONDS = SLOT_SECONDS  # the 40 ms grid every chunk is cut on
 ENCODEC_BANDWIDTHS = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}  # kbps -> codebooks
 # What a tokenizer model computes in: fp32, or its convolutions and matmuls under fp16/bf16 autocast (GPUs: several
 # times faster). Half-precision tokens differ from fp32 ones, so it is part of the stream's config.

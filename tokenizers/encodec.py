@@ -20,7 +20,7 @@ from narrator.errors import NarratorError
 from narrator.tokenizers.audio import n_samples
 from narrator.tokenizers.chunking import ChunkSpec
 from narrator.tokenizers.config import SAMPLE_RATE, EncodecConfig, TokenizeConfig
-from narrator.tokenizers.manifest import ACOUSTIC, StreamInfo, WeightsIdentity
+from narrator.tokenfolder.manifest import ACOUSTIC, StreamInfo, WeightsIdentity
 from narrator.tokenizers.weights import checked_identity, read_weights, save_weights, state_dict_sha256
 
 with warnings.catch_warnings():

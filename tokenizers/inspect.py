@@ -1,6 +1,6 @@
 """`narrator inspect`: what a token folder holds, from its manifest, plus a check that the shards are intact.
 
-The split shown is the one a training run with the given `data:` settings (DataConfig) would use.
+The split shown is the one a training run with the given split settings (a training config's `data:`) would use.
 `--verify` reads every file the manifest lists and compares it with the checksums recorded at tokenize time.
 """
 
@@ -21,18 +21,17 @@ import numpy as np
 
 from narrator.config import from_dict, to_dict
 from narrator.errors import NarratorError
-from narrator.streaming.config import DataConfig
-from narrator.streaming.split import held_out_slots
-from narrator.tokenizers import storage
-from narrator.tokenizers.manifest import MANIFEST_NAME, SLOT_SECONDS, Manifest, StreamInfo, token_folder
-from narrator.tokenizers.shards import decode_npy
+from narrator.tokenfolder.split import SplitConfig, held_out_slots
+from narrator.tokenfolder import storage
+from narrator.tokenfolder.manifest import MANIFEST_NAME, SLOT_SECONDS, Manifest, StreamInfo, token_folder
+from narrator.tokenfolder.shards import decode_npy
 
 
-def inspect_tokens(path: str | Path, as_json: bool = False, data: DataConfig | None = None) -> str:
+def inspect_tokens(path: str | Path, as_json: bool = False, data: SplitConfig | None = None) -> str:
     """Summary of a token folder (or its manifest.json), local or at a URL, as text, or as JSON with `as_json`."""
     manifest = Manifest.load(path)
     root = token_folder(path)
-    summary = _summary(root, manifest, data or DataConfig(), _sizes(root, manifest))
+    summary = _summary(root, manifest, data or SplitConfig(), _sizes(root, manifest))
     return json.dumps(summary, indent=1) if as_json else _text(summary)
 
 
@@ -64,12 +63,12 @@ def _stream_stats(root: Path | storage.URL, m: Manifest, info: StreamInfo, sizes
             "entropy_bits": [float(e) for e in entropy], "max_entropy_bits": float(np.log2(info.codebook_size))}
 
 
-def _val_seconds(m: Manifest, data: DataConfig) -> dict[str, tuple[float, float]]:
+def _val_seconds(m: Manifest, data: SplitConfig) -> dict[str, tuple[float, float]]:
     """Each book's held-out stretch in seconds ((0, 0) for a recording that is all training)."""
     return {book: (start * SLOT_SECONDS, end * SLOT_SECONDS) for book, (start, end) in held_out_slots(m.books, data).items()}
 
 
-def _summary(root: Path | storage.URL, m: Manifest, data: DataConfig, sizes: dict[str, int]) -> dict[str, Any]:
+def _summary(root: Path | storage.URL, m: Manifest, data: SplitConfig, sizes: dict[str, int]) -> dict[str, Any]:
     problems = []
     for shard in m.shards:
         for file in shard.files.values():

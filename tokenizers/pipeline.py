@@ -30,15 +30,14 @@ from tqdm import tqdm
 
 from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import NarratorError
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 from narrator.tokenizers.catalog import BookSource, resolve_inputs
 from narrator.tokenizers.audio import AudioInfo, check_book, check_book_apart, is_mp3, probe, read_segment
 from narrator.tokenizers.chunking import ChunkSpec, grid_steps, plan_chunks
-from narrator.streaming.config import DataConfig
-from narrator.streaming.split import held_out_slots
+from narrator.tokenfolder.split import SplitConfig, held_out_slots
 from narrator.tokenizers.config import STREAMS, EncodecConfig, TokenizeConfig, WhisperConfig
 from narrator.tokenizers.encodec import EncodecTokenizer, random_weights_name, stream_info, token_config_hash
-from narrator.tokenizers.manifest import (ACOUSTIC, MANIFEST_NAME, SEMANTIC, BookEntry, FailedBook, Manifest, ShardEntry,
+from narrator.tokenfolder.manifest import (ACOUSTIC, MANIFEST_NAME, SEMANTIC, BookEntry, FailedBook, Manifest, ShardEntry,
                                           ShardFile, StreamInfo, WeightsIdentity)
 from narrator.tokenizers.kmeans import kmeans_paths
 from narrator.tokenizers.semantic import (KMEANS_STEM, SemanticTokenizer, fit_semantic, random_whisper_name, semantic_config,
@@ -47,7 +46,7 @@ from narrator.tokenizers.plan import PlannedBook, ShardPlan
 from narrator.tokenizers.ray_cluster import node_summary, ray_session
 from narrator.tokenizers.stderr_filter import MPG123_NOTICE, RAY_ACTOR_RESTART_NOTICE, drop_stderr_lines
 from narrator.tokenizers.whisper import WhisperEmbedder
-from narrator.tokenizers.shards import (ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy,
+from narrator.tokenfolder.shards import (ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy,
                                         log_written, read_written, shard_path, stream_info_path)
 
 CONFIG_NAME = "tokenize_config.yaml"
@@ -296,7 +295,7 @@ def _semantic_stream(cfg: TokenizeConfig, out: storage.Location, embedder: Whisp
     books = [(b.id, b.source, grid_steps(b.duration_s)) for b in plan.books]
     entries = [BookEntry(b.id, b.source, b.duration_s, grid_steps(b.duration_s), 0, []) for b in plan.books]
     with _staged(out, [str(p) for p in kmeans_paths(KMEANS_STEM)]) as local:
-        model, fitted = fit_semantic(cfg, local, embedder, books, held_out_slots(entries, DataConfig()))
+        model, fitted = fit_semantic(cfg, local, embedder, books, held_out_slots(entries, SplitConfig()))
         tokenizer = SemanticTokenizer(embedder, model)
         info = semantic_stream_info(cfg, tokenizer, local)
     if fitted:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from narrator.config import from_dict, to_dict
 from narrator.errors import ConfigError, NarratorError
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 from narrator.tokenizers.chunking import ChunkSpec, plan_chunks
 from narrator.tokenizers.config import ChunkingConfig
 

@@ -22,7 +22,7 @@ from narrator.tokenizers.chunking import ChunkSpec
 from narrator.tokenizers.config import SAMPLE_RATE, TokenizeConfig, WhisperConfig
 from narrator.tokenizers.kmeans import (EmbeddingSource, KmeansModel, SamplePlan, compare_layers, fit_or_load, format_table,
                                         kmeans_paths, load_kmeans)
-from narrator.tokenizers.manifest import SEMANTIC, StreamInfo
+from narrator.tokenfolder.manifest import SEMANTIC, StreamInfo
 from narrator.tokenizers.whisper import FRAME_RATE, WINDOW_FRAMES, WhisperEmbedder
 
 KMEANS_STEM = "kmeans/semantic"  # in the token folder: kmeans/semantic.json, .npy

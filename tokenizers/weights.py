@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from narrator.errors import NarratorError
-from narrator.tokenizers.manifest import WeightsIdentity
+from narrator.tokenfolder.manifest import WeightsIdentity
 
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:

@@ -37,7 +37,7 @@ from narrator.tokenizers.audio import n_samples
 from narrator.tokenizers.chunking import ChunkSpec
 from narrator.tokenizers.config import SAMPLE_RATE, WhisperConfig
 from narrator.tokenizers.weights import checked_identity, read_weights, save_weights, state_dict_sha256
-from narrator.tokenizers.manifest import WeightsIdentity
+from narrator.tokenfolder.manifest import WeightsIdentity
 
 log = logging.getLogger(__name__)
 

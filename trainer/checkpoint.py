@@ -33,8 +33,8 @@ from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import ConfigError, NarratorError
 from narrator.streaming.dataset import EpochCoverage
 from narrator.streaming.position import DataPosition
-from narrator.tokenizers import storage
-from narrator.tokenizers.manifest import ACOUSTIC, StreamInfo
+from narrator.tokenfolder import storage
+from narrator.tokenfolder.manifest import ACOUSTIC, StreamInfo
 from narrator.trainer.model import GPT, GPTConfig
 
 CHECKPOINTS = "checkpoints"

@@ -18,10 +18,10 @@ from accelerate import Accelerator
 
 from narrator.errors import NarratorError
 from narrator.streaming.layout import Layout, PrefixLayout
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 from narrator.tokenizers.chunking import grid_steps
 from narrator.tokenizers.encodec import EncodecTokenizer
-from narrator.tokenizers.manifest import ACOUSTIC, SLOT_SECONDS, StreamInfo
+from narrator.tokenfolder.manifest import ACOUSTIC, SLOT_SECONDS, StreamInfo
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.generate import continue_tokens, load_codec, tokens_to_audio, write_wav
 from narrator.trainer.metrics import MetricsLog

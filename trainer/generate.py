@@ -21,11 +21,11 @@ import yaml
 from narrator.config import save_config
 from narrator.errors import NarratorError
 from narrator.streaming.layout import LAYOUTS, Layout, make_layout
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.chunking import grid_steps
 from narrator.tokenizers.encodec import EncodecTokenizer, load_tokenizer
-from narrator.tokenizers.manifest import ACOUSTIC, SEMANTIC, SLOT_SECONDS, StreamInfo
+from narrator.tokenfolder.manifest import ACOUSTIC, SEMANTIC, SLOT_SECONDS, StreamInfo
 from narrator.trainer.checkpoint import CheckpointMeta, layout_name, load_for_inference
 from narrator.trainer.model import GPT, GPTConfig
 

@@ -22,7 +22,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from narrator.errors import NarratorError
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 from narrator.tokenizers.inspect import inspect_tokens
 from narrator.trainer.checkpoint import STREAMS_NAME, latest_checkpoint, list_checkpoints
 from narrator.trainer.eval_audio import PROMPT_NAME, SAMPLES

@@ -37,7 +37,7 @@ from narrator.streaming.dataset import (EpochCoverage, TrainBatch, build_train_l
                                         data_vocab, open_folder, open_sources)
 from narrator.streaming.layout import FlatLayout, Layout
 from narrator.streaming.position import DataDeal, DataPosition, carry_over
-from narrator.tokenizers.manifest import MANIFEST_NAME, Manifest
+from narrator.tokenfolder.manifest import MANIFEST_NAME, Manifest
 from narrator.trainer.checkpoint import (ProcessState, TrainerState, check_complete, latest_checkpoint,
                                          list_checkpoints, read_process_states, read_state, resume_checkpoint,
                                          save_checkpoint)

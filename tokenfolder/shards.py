@@ -25,7 +25,7 @@ import numpy as np
 import webdataset as wds
 
 from narrator.errors import NarratorError
-from narrator.tokenizers import storage
+from narrator.tokenfolder import storage
 
 
 @dataclass

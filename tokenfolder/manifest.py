@@ -19,12 +19,11 @@ from typing import Any
 
 from narrator.config import from_dict, to_dict
 from narrator.errors import ConfigError, NarratorError
-from narrator.tokenizers import storage
-from narrator.tokenizers.config import FRAME_GRID_SECONDS
+from narrator.tokenfolder import storage
 
 FORMAT = "narrator-tokens/2"  # /2: named streams; shards of many books, one plan for all streams
 MANIFEST_NAME = "manifest.json"
-SLOT_SECONDS = FRAME_GRID_SECONDS  # every chunk and book is a whole number of 40 ms slots
+SLOT_SECONDS = 0.04  # lcm of EnCodec's 75 Hz and Whisper's 50 Hz frame periods: chunks and books are whole slots
 ACOUSTIC = "acoustic"  # the stream of EnCodec codes, int16 [n_codebooks, frames] per chunk
 SEMANTIC = "semantic"  # the stream of k-means ids of Whisper encoder frames, int16 [frames] per chunk
 

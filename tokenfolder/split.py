@@ -15,9 +15,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from narrator.streaming.config import DataConfig
-from narrator.tokenizers.manifest import BookEntry
-from narrator.tokenizers.shards import ChunkRecord
+from narrator.tokenfolder.manifest import BookEntry
+from narrator.tokenfolder.shards import ChunkRecord
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Which frames of a token folder are held out for validation (a training config's `data:` repeats these keys)."""
+
+    val_center: float = 0.5  # where a long book's validation window sits, as a fraction of its duration
+    val_fraction: float = 0.05  # held out for validation: this share of each long book, and of the short recordings
+    long_book_seconds: float = 60.0  # shorter recordings are held out whole (by a hash of their id), not cut
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ def id_hash(book_id: str) -> float:
     return int(hashlib.sha256(book_id.encode()).hexdigest()[:16], 16) / 2**64
 
 
-def held_out_slots(books: Sequence[BookEntry], cfg: DataConfig) -> dict[str, tuple[int, int]]:
+def held_out_slots(books: Sequence[BookEntry], cfg: SplitConfig) -> dict[str, tuple[int, int]]:
     """Each book's held-out slots [start, end): a mid-book window, the whole recording, or (0, 0).
 
     Books of at least `cfg.long_book_seconds` get `val_window`. Shorter recordings are held out
