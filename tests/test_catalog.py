@@ -101,3 +101,66 @@ def test_rows_added_to_a_catalog_tokenize_only_the_new_books(tmp_path, ray_local
     assert all(file_sha256(out / path) == sha for files in made.values() for path, sha in files.items())
     assert [(b.id, b.meta) for b in manifest.books] == [("book-a", {"reader": "R. A.", "licence": "CC0"}),
                                                         ("book-b", {}), ("book-c", {"reader": "C."})]
+
+
+def touch(root, *names):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+
+
+def test_a_glob_expands_recursively_in_sorted_order_with_ids_from_file_names(tmp_path, monkeypatch):
+    touch(tmp_path, "corpus/b/2.flac", "corpus/a/1.flac", "corpus/top.flac", "corpus/a/notes.txt", "corpus/c/1.flac")
+    monkeypatch.chdir(tmp_path)
+    books = resolve_inputs(["corpus/**/*.flac"])
+    assert [(b.id, b.source, b.given) for b in books] == [
+        (f"1-{books[0].id[2:]}", str(tmp_path / "corpus/a/1.flac"), "corpus/a/1.flac"),
+        ("2", str(tmp_path / "corpus/b/2.flac"), "corpus/b/2.flac"),
+        (books[2].id, str(tmp_path / "corpus/c/1.flac"), "corpus/c/1.flac"),
+        ("top", str(tmp_path / "corpus/top.flac"), "corpus/top.flac")]  # `**` matches no folder too
+    assert books[0].id.startswith("1-") and books[2].id.startswith("1-") and books[0].id != books[2].id
+    # The pattern decides: `*` takes every file as audio (tokenize skips what it cannot read), never a folder.
+    assert [b.id for b in resolve_inputs([str(tmp_path / "corpus/a/*")])] == ["1", "notes"]
+    # Overlapping globs and plain paths name each file once.
+    assert len(resolve_inputs(["corpus/*/*.flac", "corpus/a/1.flac", "corpus/**/1.flac"])) == 3
+
+
+def test_a_glob_that_matches_nothing_is_one_line(tmp_path):
+    touch(tmp_path, "corpus/a.wav")
+    for pattern in [f"{tmp_path}/corpus/**/*.mp3", f"{tmp_path}/nowhere/*.wav", f"{tmp_path}/corpus/[xyz].wav"]:
+        with pytest.raises(NarratorError) as raised:
+            resolve_inputs([pattern])
+        assert str(raised.value) == f"{pattern}: the glob matches no file"
+
+
+def test_a_glob_of_catalogs_reads_each_as_a_catalog_and_a_file_named_like_a_glob_is_that_file(tmp_path):
+    jsonl(tmp_path / "part1.jsonl", {"id": "a", "audio": "a.wav"})
+    jsonl(tmp_path / "part2.jsonl", {"id": "b", "audio": "b.wav"})
+    assert [b.id for b in resolve_inputs([str(tmp_path / "part*.jsonl")])] == ["a", "b"]
+    touch(tmp_path, "take[1].wav")
+    assert [b.source for b in resolve_inputs([str(tmp_path / "take[1].wav")])] == [str(tmp_path / "take[1].wav")]
+    assert [b.source for b in resolve_inputs(["https://example.org/book.mp3?sig=x*y"])] == [
+        "https://example.org/book.mp3?sig=x*y"]  # an http(s) query is not a glob
+
+
+def test_a_url_glob_expands_through_fsspec(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    for key in ["globtest/x/1.mp3", "globtest/2.mp3", "globtest/x/readme.md"]:
+        fs.pipe_file(f"/{key}", b"")
+    try:
+        books = resolve_inputs(["memory://globtest/**/*.mp3"])
+        assert [(b.id, b.source) for b in books] == [("2", "memory:///globtest/2.mp3"), ("1", "memory:///globtest/x/1.mp3")]
+        with pytest.raises(NarratorError, match=r"^memory://globtest/\*\.flac: the glob matches no file$"):
+            resolve_inputs(["memory://globtest/*.flac"])
+    finally:
+        fs.rm("/globtest", recursive=True)
+
+
+def test_the_same_audio_under_two_ids_is_two_books_and_the_same_path_twice_is_one(tmp_path):
+    catalog = jsonl(tmp_path / "books.jsonl", {"id": "reading-1", "audio": "a.wav", "reader": "R."},
+                    {"id": "reading-1-again", "audio": "a.wav", "reader": "R. (catalogued twice)"})
+    books = resolve_inputs([catalog, str(tmp_path / "a.wav"), str(tmp_path / "a.wav")])
+    assert [(b.id, b.source) for b in books] == [("reading-1", str(tmp_path / "a.wav")),
+                                                ("reading-1-again", str(tmp_path / "a.wav")),
+                                                ("a", str(tmp_path / "a.wav"))]  # tokenized once per id

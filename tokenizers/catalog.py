@@ -1,10 +1,22 @@
-"""What `narrator tokenize` reads: audio files and catalogs of them, turned into books with ids.
+"""What `narrator tokenize` reads: audio files, globs, catalogs and lhotse manifests, turned into books with ids.
 
 A catalog is JSONL or CSV with the columns `id` and `audio` (a path relative to the catalog, an
 absolute path or a URL such as s3://bucket/key), optional `reader` and `licence`, and any other
 columns, all kept with the book in manifest.json (`meta`); or .txt, one audio path per line (#
 comments), the book ids then made from the file names. A catalog may itself be a URL. Catalog ids
-are the book ids, so a catalog with rows added tokenizes only the new rows when rerun.
+are the book ids, so a catalog with rows added tokenizes only the new rows when rerun. A lhotse
+RecordingSet or CutSet (.jsonl.gz, or .jsonl whose first row has lhotse's keys) is read by
+lhotse_manifest.py: a cut is a book that is a segment of its recording (`start_s`, `duration_s`).
+
+An input with `*`, `?` or `[` is a glob (`corpus/**/*.flac`, `s3://bucket/books/*.mp3`), expanded
+recursively and sorted; its matches are what the pattern's own suffix says (audio files unless it
+ends in .jsonl, .jsonl.gz, .csv or .txt), so `corpus/**/*` takes every file as audio: the pattern
+decides. An http(s) URL is never a glob (its `?` starts a query), nor a local file that exists.
+
+Each id is one book. The same audio under two ids (two catalog rows, a recording and a cut of it)
+is tokenized once per id: corpora list a recording twice on purpose (overlapping cuts, two readings of
+its metadata), and ids, not files, are what a rerun compares. The same path or URL given twice
+without an id (two inputs, two globs) is one book.
 
 A catalog's local paths must lie inside its folder (no absolute paths, no '..' out of it, no
 symlinks pointing out) unless the user allows it (`allow_outside_root`, `--allow-outside-root`): a
@@ -14,10 +26,12 @@ catalog from elsewhere must not make the tokenizer read other files of this mach
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +40,7 @@ from narrator.tokenfolder import storage
 
 BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # a folder name in every shard key: no '/', no '.', no '..'
 REQUIRED = ("id", "audio")
+GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 @dataclass
@@ -34,31 +49,34 @@ class BookSource:
     source: str  # absolute path, or the URL as given
     given: str  # the path as the user wrote it, or where the catalog names it, for messages
     meta: dict[str, str] = field(default_factory=dict)  # catalog columns beyond id and audio (reader, licence, ...)
+    start_s: float = 0.0  # where the book starts in the file: a lhotse cut is a segment of its recording
+    duration_s: float | None = None  # how long it is; None: to the end of the file
 
 
 def resolve_inputs(inputs: list[str], allow_outside_root: bool = False) -> list[BookSource]:
-    """Audio paths or URLs and catalogs -> books in input order, each once. Ids from JSONL/CSV catalogs
-    are checked (safe characters, unique); the others are made from the file name. Paths in catalogs
-    must stay inside the catalog's folder unless `allow_outside_root`."""
-    named: list[BookSource] = []  # from JSONL/CSV rows: their own ids
+    """Audio paths, URLs or globs, catalogs and lhotse manifests -> books in input order, each once. Ids from
+    JSONL/CSV catalogs and manifests are checked (safe characters, unique); the others are made from the file
+    name. Paths in catalogs must stay inside the catalog's folder unless `allow_outside_root`."""
+    named: list[BookSource] = []  # from JSONL/CSV rows and manifests: their own ids
     unnamed: dict[str, tuple[int, str]] = {}  # source -> (input position, as given): ids made below
     order: list[str | BookSource] = []
-    for item in inputs:
-        suffix = _suffix(item)
-        if suffix in (".jsonl", ".csv"):
-            for book in read_catalog(item, allow_outside_root):
-                named.append(book)
-                order.append(book)
-        elif suffix == ".txt":
-            for source, given in _read_list(item, allow_outside_root):
+    for pattern in inputs:
+        kind = _kind(pattern)
+        for item in expand_glob(pattern) if is_glob(pattern) else [pattern]:
+            if kind in ("jsonl", "lhotse", "csv"):
+                for book in _named_books(kind, item, allow_outside_root):
+                    named.append(book)
+                    order.append(book)
+            elif kind == "txt":
+                for source, given in _read_list(item, allow_outside_root):
+                    if source not in unnamed:
+                        unnamed[source] = (len(order), given)
+                        order.append(source)
+            else:
+                source = _source(item, None)
                 if source not in unnamed:
-                    unnamed[source] = (len(order), given)
+                    unnamed[source] = (len(order), item)
                     order.append(source)
-        else:
-            source = _source(item, None)
-            if source not in unnamed:
-                unnamed[source] = (len(order), item)
-                order.append(source)
     if not order:
         raise NarratorError(f"no audio files in the inputs: {' '.join(inputs)}")
     made = _ids_from_names(list(unnamed))
@@ -66,13 +84,57 @@ def resolve_inputs(inputs: list[str], allow_outside_root: bool = False) -> list[
     for entry in order:
         book = entry if isinstance(entry, BookSource) else BookSource(made[entry], entry, unnamed[entry][1])
         if book.id in seen:
-            if seen[book.id].source == book.source:
+            if _span(seen[book.id]) == _span(book):
                 continue  # the same book named twice
             raise NarratorError(f"{book.given}: book id {book.id!r} is also the id of {seen[book.id].given}; "
                                 "give each book its own id")
         seen[book.id] = book
         books.append(book)
     return books
+
+
+def _named_books(kind: str, item: str, allow_outside_root: bool) -> Iterable[BookSource]:
+    """The books of a catalog or lhotse manifest; a .jsonl is a manifest when its first row says so."""
+    from narrator.tokenizers import lhotse_manifest  # here: it imports this module
+
+    if kind == "lhotse" or kind == "jsonl" and lhotse_manifest.looks_like_manifest(item):
+        return lhotse_manifest.read_manifest(item, allow_outside_root)
+    return read_catalog(item, allow_outside_root)
+
+
+def _span(book: BookSource) -> tuple[str, float, float | None]:
+    return book.source, book.start_s, book.duration_s
+
+
+def is_glob(item: str) -> bool:
+    """Whether an input is a glob: it holds `*`, `?` or `[`, is not an http(s) URL (where `?` starts a query)
+    and is not a local file of that very name."""
+    if not GLOB_CHARS.search(item) or storage.scheme(item) in ("http", "https"):
+        return False
+    return storage.is_url(item) or not Path(item.removeprefix("file://")).expanduser().is_file()
+
+
+def expand_glob(pattern: str) -> list[str]:
+    """The files a glob matches, sorted, `**` matching any depth: local paths as glob writes them, or URLs."""
+    if storage.is_url(pattern):
+        fs, path = storage._fs(pattern)  # noqa: SLF001 - storage keeps fsspec to itself; it has no glob yet
+        with storage._errors(pattern):  # noqa: SLF001
+            found = fs.glob(path, detail=True)
+        matches = sorted(fs.unstrip_protocol(name) for name, info in found.items() if info.get("type") == "file")
+    else:
+        local = str(Path(pattern.removeprefix("file://")).expanduser())
+        matches = sorted(p for p in glob.glob(local, recursive=True) if Path(p).is_file())
+    if not matches:
+        raise NarratorError(f"{pattern}: the glob matches no file")
+    return matches
+
+
+def _kind(item: str) -> str:
+    """"lhotse", "jsonl" (a catalog, or a lhotse manifest by its first row), "csv", "txt" or "audio", by suffix."""
+    name = item.split("?", 1)[0] if storage.is_url(item) else item
+    if name.lower().endswith(".jsonl.gz"):
+        return "lhotse"
+    return {".jsonl": "jsonl", ".csv": "csv", ".txt": "txt"}.get(_suffix(item), "audio")
 
 
 def read_catalog(catalog: str, allow_outside_root: bool = False) -> list[BookSource]:
