@@ -8,7 +8,8 @@ import soundfile as sf
 import soxr
 
 from narrator.errors import NarratorError
-from narrator.tokenizers.audio import peak_dbfs, probe, read_segment
+from narrator.tokenizers.audio import dbfs, probe, read_segment
+from narrator.tokenizers.mp3 import _frame, _has_length_tag, _next_frame
 
 
 def test_probe_reports_the_header(tmp_path, speech_wav):
@@ -42,13 +43,29 @@ def test_segments_are_clipped_at_the_end_of_the_file(tmp_path, speech_wav):
     assert len(read_segment(path, 5.0, 9.0)) == 0
 
 
-def test_peak_dbfs_streams_the_whole_file(tmp_path):
-    quiet = np.zeros(48_000, dtype=np.float32)
-    sf.write(tmp_path / "silent.wav", quiet, 24_000)
-    assert peak_dbfs(tmp_path / "silent.wav") == -math.inf
-    quiet[40_000] = 0.5  # one sample late in the file, past the first block
-    sf.write(tmp_path / "click.wav", quiet, 24_000)
-    assert peak_dbfs(tmp_path / "click.wav", block_seconds=0.5) == pytest.approx(-6.02, abs=0.01)
+def test_dbfs_of_a_peak():
+    assert dbfs(0.0) == -math.inf
+    assert dbfs(0.5) == pytest.approx(-6.02, abs=0.01)
+
+
+def without_length_tag(path):
+    """The MP3 at `path` with its first frame (LAME's Info tag: the exact length) cut out, as some encoders write it."""
+    data = path.read_bytes()
+    first = _next_frame(data, 0)
+    assert _has_length_tag(data, first)
+    untagged = path.with_name("untagged.mp3")
+    untagged.write_bytes(data[:first] + data[first + _frame(data, first)[0]:])
+    return untagged
+
+
+def test_an_mp3_without_a_length_tag_is_probed_to_what_reading_gives_without_decoding(tmp_path, speech_wav):
+    """libsndfile guesses an untagged MP3's length from its size and reads no further; probe counts its frames."""
+    tagged = speech_wav(tmp_path / "book.mp3", 7.3, sample_rate=22_050, fmt="MP3")
+    assert probe(tagged).frames == len(sf.read(tagged)[0]) and probe(tagged).unread_s == 0
+    untagged = without_length_tag(tagged)
+    info = probe(untagged)
+    assert info.frames == sf.info(str(untagged)).frames == len(sf.read(untagged)[0])  # here the guess is short:
+    assert info.unread_s == pytest.approx(7.3 - info.duration_s, abs=0.1)  # what the frames hold beyond it
 
 
 def _missing(d):

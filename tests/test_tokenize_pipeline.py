@@ -77,7 +77,8 @@ def read_shard(path: Path) -> dict[str, dict]:
 
 def test_books_share_shards_in_input_order(first_run, checkpoint):
     cfg, out, inputs, report, _ = first_run
-    assert report.added == ["a", "b", "short"] and report.chunks_encoded == 8 and report.shards_written == 3
+    # The silent book is planned from its header (shard 3) and found silent by the actors: that shard is an empty tar.
+    assert report.added == ["a", "b", "short", "silent"] and report.chunks_encoded == 11 and report.shards_written == 4
     m = Manifest.load(out)
     assert [(b.id, b.chunks, b.slots, b.shards) for b in m.books] == [
         ("a", 4, 175, [0, 1]), ("b", 3, 125, [1, 2]), ("short", 1, 25, [2])]
@@ -103,7 +104,9 @@ def test_bad_books_are_one_line_each_naming_the_path_given(first_run):
                "empty.wav": "empty file (0 bytes)"}
     assert {Path(f.source).name: f.error for f in Manifest.load(out).failed} == reasons
     skipped = [line for line in printed.splitlines() if line.startswith("skipped ")]
-    assert skipped == [f"skipped {path}: {reasons[Path(path).name]}" for path in inputs[3:]]
+    by_header = [path for path in inputs[3:] if not path.endswith("silent.wav")]  # planning reads headers only
+    assert skipped == [f"skipped {path}: {reasons[Path(path).name]}" for path in by_header] + [
+        f"skipped {inputs[4]}: {reasons['silent.wav']}; its chunks are left out of its shards"]
 
 
 def test_shards_hold_each_chunks_tokens(first_run):
@@ -165,7 +168,8 @@ def test_new_books_are_appended_in_new_shards(first_run, tmp_path, speech_wav):
     assert {k: v for k, v in shard_mtimes(copy).items() if k in before} == before
     m = Manifest.load(copy)
     assert [b.id for b in m.books] == ["a", "b", "short", "c", "d"]
-    assert (m.shards[-1].files["acoustic"].path, m.shards[-1].books) == ("shards/acoustic/000003.tar", ["c", "d"])
+    # shard 3 is the silent book's empty tar
+    assert (m.shards[-1].files["acoustic"].path, m.shards[-1].books) == ("shards/acoustic/000004.tar", ["c", "d"])
     report = tokenize(cfg, copy, more)  # the earlier books need not be named again
     assert report.added == [] and report.shards_written == 0 and len(Manifest.load(copy).books) == 5
 
@@ -185,17 +189,19 @@ def test_other_settings_or_weights_are_refused(first_run, tmp_path):
     assert [f.error for f in report.failed] == [f"book id a already holds the tokens of {inputs[0]}"]
 
 
-def test_an_actor_reports_unreadable_audio_as_one_line(first_run, ray_local, tmp_path):
+def test_an_actor_reports_unreadable_audio_per_chunk_and_encodes_the_others(first_run, ray_local, tmp_path):
     cfg, _, inputs, _, _ = first_run
     tokenizer = EncodecTokenizer(cfg.encodec)
     recipe = {"name": "acoustic", "config": to_dict(cfg.encodec), "identity": to_dict(tokenizer.weights_identity()),
               "weights": [ray_local.put(tokenizer.model.state_dict())]}
     actor = ChunkEncoderActor([recipe], torch_threads=1, device="cpu")
     specs = plan_chunks("a", 4.0, cfg.chunking)
-    batch = {"path": np.array([inputs[0], str(tmp_path / "gone.wav")]), "streams": np.array(["acoustic", "acoustic"]), **{
-        k: np.array([getattr(s, k) for s in specs]) for k in ChunkSpec.__dataclass_fields__}}
+    batch = {"path": np.array([inputs[0], str(tmp_path / "gone.wav")]), "offset_s": np.array([0.0, 0.0]),
+             "streams": np.array(["acoustic", "acoustic"]), **{
+                 k: np.array([getattr(s, k) for s in specs]) for k in ChunkSpec.__dataclass_fields__}}
     result = actor(batch)
-    assert list(result["error"]) == [f"{tmp_path / 'gone.wav'}: file not found"] * 2
+    assert list(result["error"]) == ["", "file not found"] and result["tokens_acoustic"][1] == b""
+    assert decode_npy(result["tokens_acoustic"][0]).shape == (4, 150) and 0.05 < result["peak"][0] <= 1.0
     batch["path"][1] = inputs[0]
     result = actor(batch)
     assert list(result["error"]) == ["", ""] and decode_npy(result["tokens_acoustic"][1]).shape == (4, 150)
@@ -290,6 +296,6 @@ def test_a_damaged_mp3_is_tokenized_with_one_line_naming_it_and_none_of_the_deco
     warnings = [line for line in lines if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith(
         f"warning: {damaged}: damaged MP3 data: the decoder skipped or concealed it (") and warnings[0].endswith(
-        "); tokenized as decoded") and "error" not in warnings[0], warnings
+        "); tokenized as decoded") and "error" not in warnings[0], "\n".join(warnings)
     assert not [line for line in lines if ("libmpg123" in line or "Note: " in line) and not line.startswith("warning:")]
     assert [b.id for b in Manifest.load(tmp_path / "tokens").books] == ["damaged", "clean"]

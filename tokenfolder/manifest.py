@@ -103,11 +103,20 @@ class FailedBook:
 
 
 @dataclass
+class BookWarning:
+    """A book tokenized as decoded although its audio is faulty (damaged MP3 frames the decoder concealed)."""
+
+    source: str
+    warning: str
+
+
+@dataclass
 class Manifest:
     streams: list[StreamInfo]
     books: list[BookEntry] = field(default_factory=list)
     shards: list[ShardEntry] = field(default_factory=list)
     failed: list[FailedBook] = field(default_factory=list)
+    warnings: list[BookWarning] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # planned shard files not written yet (an interrupted run)
     format: str = FORMAT
 

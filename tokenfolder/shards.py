@@ -41,7 +41,6 @@ class ChunkRecord:
 
 
 WRITTEN_LOG = "written.jsonl"
-WRITTEN_RECORDS = "written"  # object stores: one record object per finished shard, in this folder
 
 
 def sample_key(book: str, chunk: int) -> str:
@@ -86,34 +85,15 @@ class WrittenShard:
 
 
 def log_written(out: storage.Location, stream: str, shard: WrittenShard) -> None:
-    """Append a finished shard's record to its stream's log (after the shard was renamed into place)."""
-    if storage.is_url(out):
-        storage.write_text(storage.join(out, "shards", stream, WRITTEN_RECORDS, Path(shard.path).name + ".json"),
-                           json.dumps(asdict(shard)) + "\n")
-        return
-    log = Path(out) / "shards" / stream / WRITTEN_LOG
-    try:
-        with open(log, "a") as f:
-            f.write(json.dumps(asdict(shard)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:  # the shard is in place: a rerun hashes it, since its record is missing or torn
-        reason = storage.write_fault(e, log)
-        if reason is None:
-            raise
-        raise NarratorError(f"{log}: cannot write ({reason}); free space and rerun the same command") from None
+    """Append a finished shard's record to its stream's log (after the shard was renamed into place; should the
+    record be lost, a rerun hashes the shard again)."""
+    storage.append_line(storage.join(out, "shards", stream), WRITTEN_LOG, Path(shard.path).name, json.dumps(asdict(shard)))
 
 
 def read_written(out: storage.Location, stream: str) -> dict[str, WrittenShard]:
     """Shard path -> its record; a line torn by a crash is ignored (that shard is hashed again)."""
-    folder = storage.join(out, "shards", stream)
-    lines = []
-    if storage.exists(storage.join(folder, WRITTEN_LOG)):
-        lines += storage.read_text(storage.join(folder, WRITTEN_LOG)).splitlines()
-    if storage.is_url(out):
-        lines += [data.decode() for data in storage.read_folder(storage.join(folder, WRITTEN_RECORDS)).values()]
     found: dict[str, WrittenShard] = {}
-    for line in lines:
+    for line in storage.read_lines(storage.join(out, "shards", stream), WRITTEN_LOG):
         try:
             record = WrittenShard(**json.loads(line))
         except (ValueError, TypeError):

@@ -286,6 +286,34 @@ def download(location: Location, local: Path) -> None:
         fs.get_file(path, str(local))
 
 
+def append_line(folder: Location, log: str, record: str, line: str) -> None:
+    """Append `line` to the log `folder/log` (one JSON object a line, fsynced, so a crash tears at most the last
+    line). An object store cannot append: there each line is an object of its own, `folder/<log stem>/<record>.json`."""
+    if is_url(folder):
+        write_text(join(folder, posixpath.splitext(log)[0], record + ".json"), line + "\n")
+        return
+    path = Path(folder) / log
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        reason = write_fault(e, path)
+        if reason is None:
+            raise
+        raise NarratorError(f"{path}: cannot write ({reason}); free space and rerun the same command") from None
+
+
+def read_lines(folder: Location, log: str) -> list[str]:
+    """The lines `append_line` wrote to `folder/log`, in both forms (a torn last line is the caller's to skip)."""
+    lines = read_text(join(folder, log)).splitlines() if exists(join(folder, log)) else []
+    if is_url(folder):
+        lines += [data.decode() for data in read_folder(join(folder, posixpath.splitext(log)[0])).values()]
+    return lines
+
+
 def open_read(location: Location) -> IO[bytes]:
     """A seekable binary file; object stores are read in READ_BLOCK_BYTES ranges as the reader seeks."""
     if not is_url(location):

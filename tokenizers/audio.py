@@ -1,4 +1,4 @@
-"""Audio in: probe a book, and read any stretch of it as mono 24 kHz float32 without loading it whole.
+"""Audio in: probe a book from its header, and read any stretch of it as mono 24 kHz float32 without loading it whole.
 
 soundfile (libsndfile) reads wav, flac, ogg and mp3 and seeks sample-exactly in all of them, from
 a local path or a URL (storage.py: an object store is read in ranges as soundfile seeks). Other
@@ -9,10 +9,7 @@ containers (m4a, opus-in-webm, ...) are refused; convert them first, e.g.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ import soxr
 from narrator.errors import NarratorError
 from narrator.tokenfolder import storage
 from narrator.tokenizers.config import SAMPLE_RATE
-from narrator.tokenizers.stderr_filter import MPG123_NOTICE, plain_note
+from narrator.tokenizers.mp3 import untagged_mp3_samples
 
 # Source seconds read beyond each end of a segment before resampling, so the resampler's edge
 # transient (~80 output samples) falls outside the samples we keep.
@@ -36,8 +33,9 @@ class AudioInfo:
     path: str  # a local path or a URL
     sample_rate: int
     channels: int
-    frames: int  # in the file's own sample rate
+    frames: int  # in the file's own sample rate: what reading gives, exactly
     duration_s: float
+    unread_s: float = 0.0  # audio past what libsndfile can read (an MP3 whose header underestimates its length)
 
 
 def probe(path: str | Path) -> AudioInfo:
@@ -52,9 +50,16 @@ def probe(path: str | Path) -> AudioInfo:
             frames, samplerate, channels = f.frames, f.samplerate, f.channels
     except RuntimeError:  # sf.LibsndfileError; its text ("File does not exist ...") often misleads
         raise NarratorError(f"{path}: unsupported or corrupt audio (wav, flac, ogg and mp3 are read)") from None
+    decoded = frames
+    if is_mp3(path):
+        # Without a Xing/Info tag libsndfile guesses the length from the file size, and reads no further than its
+        # guess; the decoder stops at the real end. What can be read is the smaller of the guess and the frames counted.
+        with storage.open_read(path) as raw:
+            decoded = untagged_mp3_samples(raw) or frames
     if frames <= 0 or samplerate <= 0:
         raise NarratorError(f"{path}: zero-length audio (no samples)")
-    return AudioInfo(str(path), samplerate, channels, frames, frames / samplerate)
+    readable = min(frames, decoded)
+    return AudioInfo(str(path), samplerate, channels, readable, readable / samplerate, (decoded - readable) / samplerate)
 
 
 @contextlib.contextmanager
@@ -112,49 +117,6 @@ def is_mp3(source: str | Path) -> bool:
     return str(source).split("?")[0].lower().endswith(".mp3")
 
 
-def peak_dbfs(source: str | Path | AudioInfo, block_seconds: float = 60.0) -> float:
-    """Peak level of the mono downmix in dBFS (-inf for digital silence), streamed block by block."""
-    info = source if isinstance(source, AudioInfo) else probe(source)
-    peak = 0.0
-    try:
-        with _sound_file(info.path) as f:
-            for block in f.blocks(blocksize=int(block_seconds * info.sample_rate), dtype="float32", always_2d=True):
-                if len(block):
-                    peak = max(peak, float(np.abs(block.mean(axis=1)).max()))
-    except RuntimeError as e:
-        raise NarratorError(f"{info.path}: unreadable audio ({e})") from None
+def dbfs(peak: float) -> float:
+    """A peak amplitude in dBFS (-inf for digital silence)."""
     return 20.0 * math.log10(peak) if peak > 0 else -math.inf
-
-
-def check_book(source: str, min_seconds: float, silence_dbfs: float) -> float | str:
-    """A usable book's duration (the whole file is read once, for its peak); else why it is not usable, in a few
-    words (the caller names the file beside them)."""
-    try:
-        info = probe(source)
-        if info.duration_s < min_seconds:
-            raise NarratorError(f"too short: {info.duration_s:.2f} s (min_seconds {min_seconds:g})")
-        peak = peak_dbfs(info)
-        if peak < silence_dbfs:
-            raise NarratorError(f"silent (peak {peak:.1f} dBFS is below silence_dbfs {silence_dbfs:g})")
-    except NarratorError as e:
-        return str(e).removeprefix(f"{source}: ")
-    return info.duration_s
-
-
-def check_book_apart(source: str, min_seconds: float, silence_dbfs: float) -> tuple[float | str, list[str]]:
-    """check_book in a Python process of its own, and the decoder's notes on damaged data that it printed:
-    libmpg123 writes them to the process's stderr naming no file, so an MP3 checked beside others in threads
-    could not tell whose they are (`python -m narrator.tokenizers.audio`, which imports only this module:
-    ~0.2 s a book)."""
-    proc = subprocess.run([sys.executable, "-m", "narrator.tokenizers.audio", source, repr(min_seconds), repr(silence_dbfs)],
-                          capture_output=True, text=True, check=False)
-    lines = proc.stderr.splitlines()
-    notes = [plain_note(line.strip()) for line in lines if MPG123_NOTICE.search(line.encode())]
-    if proc.returncode != 0:
-        last = ([line for line in lines if line.strip()] or [f"exit status {proc.returncode}"])[-1]
-        return f"unsupported or corrupt audio (its check failed: {last.strip()})", notes
-    return json.loads(proc.stdout), notes
-
-
-if __name__ == "__main__":  # check_book_apart's child: SOURCE MIN_SECONDS SILENCE_DBFS -> its result as JSON
-    print(json.dumps(check_book(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))))

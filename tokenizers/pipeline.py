@@ -1,8 +1,10 @@
 """`narrator tokenize`: books -> EnCodec token shards + manifest.json, encoded by Ray Data actors.
 
 Only paths and times travel through Ray: each actor holds one EnCodec and reads its own audio by
-seeking. Books are checked and added to the shard plan (plan.py) before anything is encoded; the
-driver then writes each missing shard as soon as its chunks are in. A rerun finds the finished
+seeking. The driver decodes no audio: it reads each new book's header (threads), adds the book to the
+shard plan (plan.py), and hands the chunks to the actors, which check the audio (silence, damaged or
+undecodable data) as they read it for encoding, so each byte is decoded once, on the cluster. The
+driver writes each missing shard as soon as its chunks are in and its books' verdicts (checks.py) known. A rerun finds the finished
 shards by name and encodes only the missing ones; new books are appended in new shards. OUT and
 the books may be local paths or fsspec URLs (s3://bucket/prefix): every file goes through storage.py.
 """
@@ -32,25 +34,27 @@ from narrator.config import from_dict, save_config, to_dict
 from narrator.errors import NarratorError
 from narrator.tokenfolder import storage
 from narrator.tokenizers.catalog import BookSource, resolve_inputs
-from narrator.tokenizers.audio import AudioInfo, check_book, check_book_apart, is_mp3, probe, read_segment
+from narrator.tokenizers.audio import AudioInfo, is_mp3, n_samples, probe, read_segment
+from narrator.tokenizers.checks import BookCheck, BookReading, damage_warning, log_check, read_checks
 from narrator.tokenizers.chunking import ChunkSpec, grid_steps, plan_chunks
 from narrator.tokenfolder.split import SplitConfig, held_out_slots
 from narrator.tokenizers.config import STREAMS, EncodecConfig, TokenizeConfig, WhisperConfig
 from narrator.tokenizers.encodec import EncodecTokenizer, random_weights_name, stream_info, token_config_hash
-from narrator.tokenfolder.manifest import (ACOUSTIC, MANIFEST_NAME, SEMANTIC, BookEntry, FailedBook, Manifest, ShardEntry,
+from narrator.tokenfolder.manifest import (ACOUSTIC, MANIFEST_NAME, SEMANTIC, BookEntry, BookWarning, FailedBook, Manifest, ShardEntry,
                                           ShardFile, StreamInfo, WeightsIdentity)
 from narrator.tokenizers.kmeans import kmeans_paths
 from narrator.tokenizers.semantic import (KMEANS_STEM, SemanticTokenizer, fit_semantic, random_whisper_name, semantic_config,
                                           semantic_stream_info)
 from narrator.tokenizers.plan import PlannedBook, ShardPlan
 from narrator.tokenizers.ray_cluster import node_summary, ray_session
-from narrator.tokenizers.stderr_filter import MPG123_NOTICE, RAY_ACTOR_RESTART_NOTICE, drop_stderr_lines
+from narrator.tokenizers.stderr_filter import MPG123_NOTICE, RAY_ACTOR_RESTART_NOTICE, damage_notes, drop_stderr_lines
 from narrator.tokenizers.whisper import WhisperEmbedder
 from narrator.tokenfolder.shards import (ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy,
                                         log_written, read_written, shard_path, stream_info_path)
 
 CONFIG_NAME = "tokenize_config.yaml"
-
+SHOWN_WARNINGS = 3  # damaged-MP3 lines printed per run; the rest are counted, and all are in the manifest
+HEADER_THREADS = 16  # header reads wait on the disk or the object store, not the CPU
 
 
 @dataclass
@@ -117,10 +121,15 @@ def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str],
                              if shard_path(st.info.name, shard.index) not in on_disk[st.info.name]]
                for shard in plan.shards}
     missing = {index: names for index, names in missing.items() if names}
+    checks = read_checks(out)
+    for book in books:  # found unusable by an earlier run's actors: not read again
+        if book.id in checks and checks[book.id].failed and plan.book(book.id) is not None \
+                and plan.book(book.id).source == book.source:
+            _fail(report, book, checks[book.id].error)
     if missing:
         with ray_session(cfg.ray):
-            _encode(cfg, out, streams, plan, missing, written, report)
-    manifest = build_manifest(out, cfg, plan, present, written, report.failed)
+            _encode(cfg, out, streams, plan, missing, written, checks, {b.id: b.given for b in books}, report)
+    manifest = build_manifest(out, cfg, plan, present, written, checks, report.failed)
     report.tokens = manifest.total_tokens
     hours = sum(b.duration_s for b in manifest.books) / 3600
     print(f"tokenize: {len(manifest.books)} books ({hours:.2f} h) in {len(manifest.shards)} shards, "
@@ -131,18 +140,26 @@ def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str],
 
 
 def build_manifest(out: storage.Location, cfg: TokenizeConfig, plan: ShardPlan, streams: list[StreamInfo],
-                   written: dict[str, dict[str, WrittenShard]], failed: list[FailedBook]) -> Manifest:
-    """manifest.json from the plan and each stream's shards on disk; planned shard files not on disk are `pending`."""
-    manifest = Manifest(streams=streams, failed=list(failed))
+                   written: dict[str, dict[str, WrittenShard]], checks: dict[str, BookCheck],
+                   failed: list[FailedBook]) -> Manifest:
+    """manifest.json from the plan, the books' verdicts and each stream's shards on disk: books the actors found
+    unusable are left out (their shards were written without them); planned shard files not on disk are `pending`."""
+    dropped = {book for book, check in checks.items() if check.failed}
+    found = [FailedBook(c.source, c.error) for c in checks.values() if c.failed]
+    manifest = Manifest(streams=streams, failed=found + [f for f in failed if f not in found],
+                        warnings=[BookWarning(c.source, damage_warning(c.source, c).removeprefix(f"warning: {c.source}: "))
+                                  for c in checks.values() if c.note_count and not c.failed])
     on_disk = {info.name: _shard_sizes(out, info.name) for info in streams}
     book_shards = plan.book_shards()
     for book in plan.books:
+        if book.id in dropped:
+            continue
         specs = plan_chunks(book.id, book.duration_s, cfg.chunking)
         manifest.books.append(BookEntry(id=book.id, source=book.source, duration_s=book.duration_s,
                                         slots=grid_steps(book.duration_s), chunks=len(specs),
                                         shards=list(dict.fromkeys(book_shards[book.id])), meta=dict(book.meta)))
     for shard in plan.shards:
-        specs = plan.chunks(shard, cfg.chunking)
+        specs = [(book, spec) for book, spec in plan.chunks(shard, cfg.chunking) if book.id not in dropped]
         files = {}
         for info in streams:
             rel = shard_path(info.name, shard.index)
@@ -156,8 +173,9 @@ def build_manifest(out: storage.Location, cfg: TokenizeConfig, plan: ShardPlan, 
                                       on_disk[info.name][rel], storage.sha256(storage.join(out, rel)))
                 log_written(out, info.name, record)
             files[info.name] = ShardFile(rel, record.tokens, record.bytes, record.sha256)
-        manifest.shards.append(ShardEntry(index=shard.index, books=list(dict.fromkeys(p.book for p in shard.pieces)),
-                                          samples=len(specs), files=files))
+        if specs:  # a shard that held only unusable books is an empty tar, kept so that reruns skip it
+            manifest.shards.append(ShardEntry(index=shard.index, books=list(dict.fromkeys(b.id for b, _ in specs)),
+                                              samples=len(specs), files=files))
     if manifest.pending:
         print(f"tokenize: {len(manifest.pending)} planned shard files are not written yet; "
               "rerun the same command to complete them")
@@ -176,10 +194,13 @@ class ChunkEncoderActor:
     for every stream the chunk's shard still lacks (`streams`, comma-separated), as npy bytes in
     `tokens_<stream>` (empty for a stream not asked).
 
+    Reading is where the audio is checked: each row also carries the peak of the chunk's own stretch
+    (`peak`, for the book's silence check), libmpg123's notes on damaged data met while reading it
+    (`notes`, one a line; they name no file, so they are caught here, per chunk), and why it could not
+    be read (`error`: a book that vanished or holds undecodable data), which drops its book, not the run.
     Weights and centroids come as object refs of the driver's (in one-element lists, so Ray hands
-    over the reference): no download, no rebuild. A NarratorError (say, a book that became
-    unreadable) comes back as an `error` column, so the driver stops with that one line. Each row
-    carries the actor's Ray node id (`node`), so the driver can say where the work ran.
+    over the reference): no download, no rebuild. Each row carries the actor's Ray node id (`node`),
+    so the driver can say where the work ran.
     """
 
     def __init__(self, streams: list[dict[str, Any]], torch_threads: int, device: str):
@@ -193,24 +214,29 @@ class ChunkEncoderActor:
         specs = [ChunkSpec(**{f.name: _plain(batch[f.name][i]) for f in fields(ChunkSpec)}) for i in range(n)]
         wanted = [str(names).split(",") for names in batch["streams"]]
         columns = {f"tokens_{name}": [b""] * n for name in self.tokenizers}
-        errors = [""] * n
-        try:
-            windows = []
-            # libmpg123's notes on damaged frames: planning named the book once; they would only fill the logs here.
-            quiet = drop_stderr_lines(MPG123_NOTICE) if any(is_mp3(p) for p in batch["path"]) else contextlib.nullcontext()
-            with quiet:
-                for path, spec in zip(batch["path"], specs):
+        errors, peaks, notes = [""] * n, [0.0] * n, [""] * n
+        windows = {}
+        for i, (path, offset, spec) in enumerate(zip(batch["path"], batch["offset_s"], specs)):
+            heard: list[str] = []
+            try:
+                with drop_stderr_lines(MPG123_NOTICE, into=heard) if is_mp3(path) else contextlib.nullcontext():
                     if path not in self.audio:
                         self.audio[path] = probe(path)
-                    windows.append(read_segment(self.audio[path], spec.ctx_start_s, spec.ctx_end_s))
-            for name, tokenizer in self.tokenizers.items():
-                rows = [i for i in range(n) if name in wanted[i]]
-                if rows:
-                    for i, tokens in zip(rows, tokenizer.encode_chunks([windows[i] for i in rows], [specs[i] for i in rows])):
-                        columns[f"tokens_{name}"][i] = encode_npy(tokens)
-        except NarratorError as e:
-            errors = [str(e)] * n
-        return {"book": batch["book"], "chunk": batch["chunk"], "error": np.array(errors), "node": np.array([self.node] * n),
+                    window = read_segment(self.audio[path], offset + spec.ctx_start_s, offset + spec.ctx_end_s)
+            except NarratorError as e:
+                errors[i] = str(e).removeprefix(f"{path}: ")
+                continue
+            windows[i] = window
+            core = window[n_samples(spec.start_s - spec.ctx_start_s): n_samples(spec.end_s - spec.ctx_start_s)]
+            peaks[i] = float(np.abs(core).max()) if len(core) else 0.0
+            notes[i] = "\n".join(damage_notes(heard, after_seek=offset + spec.ctx_start_s > 0))
+        for name, tokenizer in self.tokenizers.items():
+            rows = [i for i in windows if name in wanted[i]]
+            if rows:
+                for i, tokens in zip(rows, tokenizer.encode_chunks([windows[i] for i in rows], [specs[i] for i in rows])):
+                    columns[f"tokens_{name}"][i] = encode_npy(tokens)
+        return {"book": batch["book"], "chunk": batch["chunk"], "error": np.array(errors), "peak": np.array(peaks),
+                "notes": np.array(notes), "node": np.array([self.node] * n),
                 **{key: np.array(values, dtype=object) for key, values in columns.items()}}
 
 
@@ -323,34 +349,45 @@ def _bytes_per_second(cfg: TokenizeConfig) -> float:
 
 def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], report: TokenizeReport,
                 bytes_per_second: float) -> None:
-    """Check the books the plan does not hold yet and append the usable ones to it, in input order."""
+    """Append the books the plan does not hold yet to it, in input order, from their headers alone: the audio
+    itself is checked by the actors as they encode it."""
     new = []
     for book in books:
         planned = plan.book(book.id)
         if planned is None:
             new.append(book)
-        elif planned.source != book.source:
-            _fail(report, book, f"book id {book.id} already holds the tokens of {planned.source}")
+        elif (planned.source, planned.offset_s) != (book.source, book.start_s):
+            _fail(report, book, f"book id {book.id} already holds the tokens of {planned.source}"
+                                f"{f' from {planned.offset_s:g} s' if planned.offset_s else ''}")
 
-    # Each book is read whole once, in parallel threads (decoding releases the GIL); an MP3 in a process of its own,
-    # as libmpg123's notes on damaged frames go to the process's fd 2 without the file's name.
-    def check(source: str) -> tuple[float | str, list[str]]:
-        if is_mp3(source):
-            return check_book_apart(source, cfg.min_seconds, cfg.silence_dbfs)
-        return check_book(source, cfg.min_seconds, cfg.silence_dbfs), []
+    def header(book: BookSource) -> float | str:
+        """The book's duration (the file's, or its segment's) from the header, or why it cannot be planned."""
+        try:
+            info = probe(book.source)
+        except NarratorError as e:
+            return str(e).removeprefix(f"{book.source}: ")
+        if info.unread_s > 0:
+            print(f"warning: {book.given}: an MP3 without a length tag whose header gives {info.duration_s:.2f} s of its "
+                  f"{info.duration_s + info.unread_s:.2f} s; libsndfile reads no further, so only that much is tokenized "
+                  "(re-encode it with a Xing/Info tag, as lame and ffmpeg write, to read it all)")
+        if book.start_s >= info.duration_s:
+            return f"the segment starts at {book.start_s:g} s, past the end of the audio ({info.duration_s:.2f} s)"
+        duration = info.duration_s - book.start_s
+        if book.duration_s is not None:
+            duration = min(duration, book.duration_s)
+        if duration < cfg.min_seconds:
+            return f"too short: {duration:.2f} s (min_seconds {cfg.min_seconds:g})"
+        return duration
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        results = dict(zip((b.source for b in new), pool.map(check, [b.source for b in new])))
+    # libmpg123 notes on an MP3's tags here name no file; the actors meet them again and name the book.
+    with drop_stderr_lines(MPG123_NOTICE), ThreadPoolExecutor(max_workers=HEADER_THREADS) as pool:
+        durations = list(pool.map(header, new))
     usable = []
-    for book in new:
-        duration, notes = results[book.source]
+    for book, duration in zip(new, durations):
         if isinstance(duration, str):
             _fail(report, book, duration)
-            continue
-        if notes:
-            print(f"warning: {book.given}: damaged MP3 data: the decoder skipped or concealed it ({len(notes)} "
-                  f"note{'s' if len(notes) > 1 else ''} from libmpg123, the first: {notes[0]}); tokenized as decoded")
-        usable.append(PlannedBook(book.id, book.source, duration, book.meta))
+        else:
+            usable.append(PlannedBook(book.id, book.source, duration, book.meta, offset_s=book.start_s))
     plan.extend(usable, cfg.chunking, cfg.shards.target_mb * 1e6, bytes_per_second)
     report.added += [b.id for b in usable]
 
@@ -361,14 +398,19 @@ def _fail(report: TokenizeReport, book: BookSource, reason: str) -> None:
 
 
 def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], plan: ShardPlan,
-            missing: dict[int, list[str]],
-            written: dict[str, dict[str, WrittenShard]], report: TokenizeReport) -> None:
-    """Run the Ray Data actor pool over the chunks of the shards some stream lacks, and write each
-    stream's shard file as soon as its chunks are in."""
+            missing: dict[int, list[str]], written: dict[str, dict[str, WrittenShard]], checks: dict[str, BookCheck],
+            given: dict[str, str], report: TokenizeReport) -> None:
+    """Run the Ray Data actor pool over the chunks of the shards some stream lacks, and write each stream's shard
+    file as soon as its chunks are in and every book in it has its verdict (`checks`, grown here): a shard is
+    written without the chunks of books found unusable. `given`: book id -> the path as the user wrote it."""
     shards = {shard.index: shard for shard in plan.shards}
     order = [(index, book, spec) for index in missing for book, spec in plan.chunks(shards[index], cfg.chunking)]
-    sizes = Counter(index for index, _, _ in order)  # chunks per shard
-    items = [{"path": book.source, "streams": ",".join(missing[index]), **asdict(spec)} for index, book, spec in order]
+    items = [{"path": book.source, "offset_s": book.offset_s, "streams": ",".join(missing[index]), **asdict(spec)}
+             for index, book, spec in order]
+    readings: dict[str, BookReading] = {}  # books without a verdict yet: their chunks read so far
+    for _, book, _ in order:
+        if book.id not in checks:
+            readings.setdefault(book.id, BookReading(book.id, book.source, 0)).expected += 1
     recipes = []
     for stream in streams:
         recipe = dict(stream.recipe)
@@ -384,7 +426,47 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
     # Actors read URL books (and may run on nodes that lack this environment): hand them the storage credentials.
     urls = storage.is_url(out) or any(storage.is_url(item["path"]) for item in items)
     remote_args = {"runtime_env": {"env_vars": storage.credentials_env()}} if urls and storage.credentials_env() else {}
-    writers: dict[str, ShardWriter] = {}
+    held: list[tuple[int, list[tuple[ChunkSpec, dict[str, Any]]]]] = []  # shards in order, their rows so far
+    sizes = Counter(index for index, _, _ in order)  # chunks per shard
+    damaged = 0
+    bar = tqdm(total=len(items), unit="chunk", desc="tokenize", dynamic_ncols=True)
+
+    def judge(reading: BookReading) -> None:
+        nonlocal damaged
+        check = checks[reading.book] = reading.verdict(cfg.silence_dbfs)
+        log_check(out, check)  # before any shard holding the book is written
+        name = given.get(check.book, check.source)
+        if check.failed:
+            report.failed.append(FailedBook(check.source, check.error))
+            bar.write(f"skipped {name}: {check.error}; its chunks are left out of its shards")
+        elif check.note_count:
+            damaged += 1
+            if damaged <= SHOWN_WARNINGS:
+                bar.write(damage_warning(name, check))
+
+    def write_ready() -> None:
+        """Write the held shards, in order, that have all their chunks and all their books' verdicts."""
+        while held and len(held[0][1]) == sizes[held[0][0]] and all(spec.book in checks for spec, _ in held[0][1]):
+            index, rows = held.pop(0)
+            writers = {name: ShardWriter(storage.join(out, shard_path(name, index)), name=shard_path(name, index))
+                       for name in missing[index]}
+            with contextlib.ExitStack() as unfinished:  # a fault removes the partial files of this shard
+                for writer in writers.values():
+                    unfinished.enter_context(writer)
+                for spec, row in rows:
+                    if checks[spec.book].failed:
+                        continue
+                    for name, writer in writers.items():
+                        tokens = decode_npy(row[f"tokens_{name}"])
+                        writer.write(ChunkRecord(spec.book, spec.chunk, spec.start_s, spec.end_s, tokens.shape[-1], name),
+                                     tokens)
+                unfinished.pop_all()
+            for name, writer in writers.items():
+                done = writer.close()
+                log_written(out, name, done)
+                written[name][done.path] = done
+                report.shards_written += 1
+
     try:
         blocks = math.ceil(len(items) / cfg.ray.batch_size)
         ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
@@ -399,38 +481,31 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
             # actor pools default to max_restarts=-1 and max_task_retries=-1 (tests/test_tokenize_faults.py).
             compute=ray.data.ActorPoolStrategy(size=min(cfg.ray.concurrency, blocks), max_tasks_in_flight_per_actor=1),
             **remote_args)
-        bar = tqdm(total=len(items), unit="chunk", desc="tokenize", dynamic_ncols=True)
-        seconds, samples = 0.0, 0
+        seconds = 0.0
         with drop_stderr_lines(RAY_ACTOR_RESTART_NOTICE):
             for (index, _, spec), row in zip(order, ds.iter_rows(), strict=True):
                 assert (row["book"], row["chunk"]) == (spec.book, spec.chunk), "Ray Data returned chunks out of order"
-                if row["error"]:
-                    raise NarratorError(row["error"])
-                for name in missing[index]:
-                    if name not in writers:
-                        rel = shard_path(name, index)
-                        writers[name] = ShardWriter(storage.join(out, rel), name=rel)
-                    tokens = decode_npy(row[f"tokens_{name}"])
-                    writers[name].write(ChunkRecord(spec.book, spec.chunk, spec.start_s, spec.end_s, tokens.shape[-1], name),
-                                        tokens)
-                samples += 1
-                if samples == sizes[index]:
-                    for name, writer in writers.items():
-                        done = writer.close()
-                        log_written(out, name, done)
-                        written[name][done.path] = done
-                        report.shards_written += 1
-                    writers, samples = {}, 0
+                if not held or held[-1][0] != index:
+                    held.append((index, []))
+                held[-1][1].append((spec, row))
+                reading = readings.get(spec.book)
+                if reading is not None:
+                    reading.add(float(row["peak"]), [note for note in str(row["notes"]).split("\n") if note], str(row["error"]))
+                    if reading.complete:
+                        judge(readings.pop(spec.book))
+                write_ready()
                 report.chunks_encoded += 1
                 report.chunks_per_node[row["node"]] = report.chunks_per_node.get(row["node"], 0) + 1
                 seconds += spec.end_s - spec.start_s
                 bar.update()
                 bar.set_postfix(audio=f"{seconds / 3600:.3f} h", refresh=False)
             bar.close()
+        if damaged > SHOWN_WARNINGS:
+            print(f"warning: {damaged - SHOWN_WARNINGS} more books with damaged MP3 data, tokenized as decoded "
+                  f"(all {damaged} are listed under `warnings` in {storage.join(out, MANIFEST_NAME)}; `narrator inspect` shows them)")
         print(f"ray: {node_summary(report.chunks_per_node)}")
     finally:
-        for writer in writers.values():
-            writer.abort()
+        bar.close()
         ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
 
 

@@ -30,8 +30,9 @@ SAMPLE_OVERHEAD_BYTES = 1920
 class PlannedBook:
     id: str
     source: str  # absolute path of the audio
-    duration_s: float
+    duration_s: float  # tokenized: the whole file, or the segment from offset_s
     meta: dict[str, str] = field(default_factory=dict)  # catalog columns beyond id and audio (reader, licence, ...)
+    offset_s: float = 0.0  # where the book starts in its audio file (a cut of a longer recording)
 
 
 @dataclass
