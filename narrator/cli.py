@@ -162,7 +162,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         from narrator.trainer.config import TrainConfig
 
         train = load_config(TrainConfig, args.config, [f"data.manifest={args.tokens}", *args.overrides])
-        print(inspect_tokens(args.tokens, as_json=args.json, data=train.data.split))
+        print(inspect_tokens(args.tokens, as_json=args.json, split_overrides=train.data.split_overrides()))
     elif args.command == "train":
         from narrator.trainer.run import main as train_main
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from narrator.errors import ConfigError
-from narrator.tokenfolder.split import SplitConfig
+from narrator.tokenfolder.split import SplitConfig, check_split
 
 
 @dataclass
@@ -30,9 +30,12 @@ class DataConfig:
     # acoustic tokens of the same slots. All but flat need a `semantic` stream in the token folder.
     layout: Literal["flat", "acoustic", "semantic", "interleaved", "prefix"] = "flat"
     shared_vocab: bool = False  # flat only; true: all codebooks share ids 0..1023 (no per-codebook offsets)
-    val_center: float = 0.5  # where a long book's validation window sits, as a fraction of its duration
-    val_fraction: float = 0.05  # held out for validation: this share of each long book, and of the short recordings
-    long_book_seconds: float = 60.0  # shorter recordings are held out whole (by a hash of their id), not cut
+    # The validation split is the token folder's (`split:` of its tokenize config, recorded in manifest.json).
+    # Set here, it is re-derived for this run, with one line saying so (a semantic stream's k-means was fit
+    # away from the folder's split, not from this one). None: the folder's.
+    val_center: float | None = None  # where a long book's validation window sits, as a fraction of its duration
+    val_fraction: float | None = None  # held out: this share of each long book, and of the short recordings
+    long_book_seconds: float | None = None  # shorter recordings are held out whole (by a hash of their id), not cut
     shuffle_buffer: int = 256  # training windows held for shuffling
     num_workers: int = 1  # DataLoader workers per process
     # Read manifest entries (shards, weights, k-means files) that lie outside their token folder: absolute
@@ -45,9 +48,14 @@ class DataConfig:
         """The token folders to read: `mix`, or `manifest` alone with weight 1."""
         return list(self.mix) if self.mix else [MixSource(self.manifest)] if self.manifest else []
 
-    @property
-    def split(self) -> SplitConfig:
-        return SplitConfig(self.val_center, self.val_fraction, self.long_book_seconds)
+    def split_overrides(self) -> dict[str, float]:
+        """The split keys this config sets, to apply over a token folder's own split."""
+        keys = ("val_center", "val_fraction", "long_book_seconds")
+        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+
+    def split_of(self, folder: SplitConfig) -> SplitConfig:
+        """The split this run uses for a folder whose own split is `folder`."""
+        return folder.with_overrides(self.split_overrides())
 
     @property
     def layout_name(self) -> str:
@@ -55,10 +63,7 @@ class DataConfig:
         return "flat" if self.layout == "acoustic" else self.layout
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.val_center <= 1.0:
-            raise ConfigError(f"'data.val_center': {self.val_center} is not in [0, 1]")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"'data.val_fraction': {self.val_fraction} is not in (0, 1)")
+        check_split(self.val_center, self.val_fraction, self.long_book_seconds, "data")
         if self.manifest and self.mix:
             raise ConfigError("'data.manifest' and 'data.mix' are both set: list every token folder under data.mix")
         for i, source in enumerate(self.mix):
@@ -66,5 +71,3 @@ class DataConfig:
                 raise ConfigError(f"'data.mix[{i}].weight': {source.weight} must be > 0 ({source.manifest})")
         if len({s.manifest for s in self.mix}) != len(self.mix):
             raise ConfigError("'data.mix' lists a token folder twice")
-        if self.long_book_seconds < 0:
-            raise ConfigError(f"'data.long_book_seconds': {self.long_book_seconds} is negative")

@@ -260,7 +260,7 @@ class TokenShards:
                    for s in order} for i, shard in enumerate(manifest.shards)],
             shard_samples=[s.samples for s in manifest.shards],
             layout=layout,
-            val_slots=held_out_slots(manifest.books, cfg.split),
+            val_slots=held_out_slots(manifest.books, cfg.split_of(manifest.split)),
         )
 
     def stride(self, block_size: int) -> int:

@@ -2,6 +2,8 @@ import hashlib
 
 import pytest
 
+from narrator.errors import ConfigError
+
 
 from narrator.tokenfolder.split import Segment, SplitConfig, id_hash, split_chunk, held_out_slots, val_window
 from narrator.tokenfolder.manifest import BookEntry
@@ -81,3 +83,15 @@ def test_a_corpus_of_one_short_recording_still_has_validation_frames():
 def test_whole_recording_windows_cut_chunks_like_any_window():
     assert split_chunk(record(2.0, 150), 75, (0, 0)) == [Segment("train", 0, 150, 150)]
     assert split_chunk(record(2.0, 150), 75, (0, 300)) == [Segment("val", 0, 150, 150)]
+
+
+def test_a_training_config_re_derives_the_folders_split_only_for_the_keys_it_sets():
+    from narrator.streaming.config import DataConfig
+
+    folder = SplitConfig(val_center=0.3, val_fraction=0.2, long_book_seconds=10.0)
+    assert DataConfig(manifest="x").split_of(folder) == folder  # unset: the token folder's own
+    assert DataConfig(manifest="x", val_fraction=0.1).split_of(folder) == SplitConfig(0.3, 0.1, 10.0)
+    with pytest.raises(ConfigError, match="'data.val_fraction': 1.5 is not in"):
+        DataConfig(manifest="x", val_fraction=1.5)
+    with pytest.raises(ConfigError, match="'split.val_center': -1 is not in"):
+        SplitConfig(val_center=-1)

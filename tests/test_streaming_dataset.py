@@ -101,7 +101,7 @@ def cfg(**kw) -> DataConfig:
 
 def held_out(manifest: Manifest) -> dict[int, tuple[int, int]]:
     """Book index -> its held-out frames, as the loaders get them."""
-    return {int(book[4:]): (3 * a, 3 * b) for book, (a, b) in held_out_slots(manifest.books, cfg().split).items()}
+    return {int(book[4:]): (3 * a, 3 * b) for book, (a, b) in held_out_slots(manifest.books, cfg().split_of(manifest.split)).items()}
 
 
 def all_frames(manifest: Manifest) -> set[tuple[int, int]]:

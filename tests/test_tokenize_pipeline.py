@@ -19,6 +19,7 @@ from narrator.tokenizers.chunking import ChunkSpec, plan_chunks
 from narrator.tokenizers.config import TokenizeConfig
 from narrator.tokenizers.encodec import EncodecTokenizer
 from narrator.tokenizers.weights import state_dict_sha256
+from narrator.tokenizers import pipeline
 from narrator.tokenizers.inspect import inspect_tokens
 from narrator.tokenfolder.manifest import Manifest
 from narrator.tokenizers.pipeline import ChunkEncoderActor, resolve_inputs, tokenize
@@ -209,6 +210,15 @@ def test_an_actor_reports_unreadable_audio_per_chunk_and_encodes_the_others(firs
     assert actor(batch)["tokens_acoustic"][0] == b""
 
 
+def test_the_validation_split_is_the_folders_and_fixed_at_tokenize_time(first_run, tmp_path):
+    cfg, out, inputs, _, _ = first_run
+    assert Manifest.load(out).split == cfg.split  # recorded
+    copy = shutil.copytree(out, tmp_path / "tokens")
+    with pytest.raises(NarratorError, match=r"manifest.json: its validation split is fixed \(.*'val_fraction': 0.05.*"
+                                            r"this config asks for .*'val_fraction': 0.2"):
+        tokenize(load_config(TokenizeConfig, None, [*SMALL, "split.val_fraction=0.2"]), copy, inputs[:3])
+
+
 def test_inspect_summarizes_and_flags_damaged_shards(first_run, tmp_path):
     copy = tmp_path / "tokens"
     shutil.copytree(first_run[1], copy)
@@ -282,20 +292,26 @@ def test_inspect_shows_the_validation_window_of_each_book(first_run, capsys):
 
 
 def test_a_damaged_mp3_is_tokenized_with_one_line_naming_it_and_none_of_the_decoders_own(
-        tmp_path, ray_local, speech_wav, checkpoint, capfd):
+        tmp_path, ray_local, speech_wav, checkpoint, capfd, monkeypatch):
     clean = speech_wav(tmp_path / "clean.mp3", 12.0, fmt="MP3")
     data = bytearray(clean.read_bytes())
     garbage = np.random.default_rng(0).integers(0, 256, 20, dtype=np.uint8).tobytes()
     for offset in range(len(data) // 3, len(data) // 2, len(data) // 30):  # a few frames' headers and bits
         data[offset: offset + 20] = garbage
-    damaged = tmp_path / "damaged.mp3"
+    damaged, again = tmp_path / "damaged.mp3", tmp_path / "again.mp3"
     damaged.write_bytes(bytes(data))
-    tokenize(config(f"encodec.weights.checkpoint={checkpoint}"), tmp_path / "tokens", [str(damaged), str(clean)])
+    again.write_bytes(bytes(data))
+    monkeypatch.setattr(pipeline, "SHOWN_WARNINGS", 1)  # at corpus scale: the first few lines, then a count
+    tokenize(config(f"encodec.weights.checkpoint={checkpoint}"), tmp_path / "tokens", [str(damaged), str(clean), str(again)])
     out, err = capfd.readouterr()
     lines = (out + err).splitlines()
     warnings = [line for line in lines if line.startswith("warning:")]
-    assert len(warnings) == 1 and warnings[0].startswith(
+    assert len(warnings) == 2 and warnings[0].startswith(
         f"warning: {damaged}: damaged MP3 data: the decoder skipped or concealed it (") and warnings[0].endswith(
         "); tokenized as decoded") and "error" not in warnings[0], "\n".join(warnings)
+    assert warnings[1].startswith("warning: 1 more books with damaged MP3 data, tokenized as decoded (all 2 are listed")
     assert not [line for line in lines if ("libmpg123" in line or "Note: " in line) and not line.startswith("warning:")]
-    assert [b.id for b in Manifest.load(tmp_path / "tokens").books] == ["damaged", "clean"]
+    manifest = Manifest.load(tmp_path / "tokens")
+    assert [b.id for b in manifest.books] == ["damaged", "clean", "again"]
+    assert [Path(w.source).name for w in manifest.warnings] == ["damaged.mp3", "again.mp3"]
+    assert "warnings:  2" in inspect_tokens(tmp_path / "tokens") and f"  {again}: damaged MP3 data" in inspect_tokens(tmp_path / "tokens")

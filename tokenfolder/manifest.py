@@ -20,6 +20,7 @@ from typing import Any
 from narrator.config import from_dict, to_dict
 from narrator.errors import ConfigError, NarratorError
 from narrator.tokenfolder import storage
+from narrator.tokenfolder.split import SplitConfig
 
 FORMAT = "narrator-tokens/2"  # /2: named streams; shards of many books, one plan for all streams
 MANIFEST_NAME = "manifest.json"
@@ -118,6 +119,8 @@ class Manifest:
     failed: list[FailedBook] = field(default_factory=list)
     warnings: list[BookWarning] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # planned shard files not written yet (an interrupted run)
+    # Which frames are validation, fixed at tokenize time (a folder without it predates the key: it used these defaults).
+    split: SplitConfig = field(default_factory=SplitConfig)
     format: str = FORMAT
 
     def stream(self, name: str, where: str | Path = MANIFEST_NAME) -> StreamInfo:

@@ -6,17 +6,25 @@ would leave two scraps, so short recordings are held out whole instead, chosen b
 of their id (the same on every machine and every run). Both are a held-out range of 40 ms slots
 per book, the same stretch of time for every token stream (a slot is 3 EnCodec frames, 2 Whisper
 frames), so one code path cuts chunks. Frames are absolute positions in the book.
+
+The split is the token folder's: fixed at tokenize time (the k-means of a semantic stream is fit
+away from it) and recorded in manifest.json. A training config may ask for another; it is then
+re-derived from these rules, with one line saying so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from narrator.tokenfolder.manifest import BookEntry
+from narrator.errors import ConfigError
 from narrator.tokenfolder.shards import ChunkRecord
+
+if TYPE_CHECKING:  # manifest.py records a folder's SplitConfig
+    from narrator.tokenfolder.manifest import BookEntry
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,24 @@ class SplitConfig:
     val_center: float = 0.5  # where a long book's validation window sits, as a fraction of its duration
     val_fraction: float = 0.05  # held out for validation: this share of each long book, and of the short recordings
     long_book_seconds: float = 60.0  # shorter recordings are held out whole (by a hash of their id), not cut
+
+    def __post_init__(self) -> None:
+        check_split(self.val_center, self.val_fraction, self.long_book_seconds, "split")
+
+    def with_overrides(self, overrides: dict[str, float]) -> "SplitConfig":
+        """This split with a training config's `data:` values for some of its keys."""
+        return dataclasses.replace(self, **overrides)
+
+
+def check_split(val_center: float | None, val_fraction: float | None, long_book_seconds: float | None,
+                section: str) -> None:
+    """One ConfigError line for a split value out of range (None: not set)."""
+    if val_center is not None and not 0.0 <= val_center <= 1.0:
+        raise ConfigError(f"'{section}.val_center': {val_center} is not in [0, 1]")
+    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"'{section}.val_fraction': {val_fraction} is not in (0, 1)")
+    if long_book_seconds is not None and long_book_seconds < 0:
+        raise ConfigError(f"'{section}.long_book_seconds': {long_book_seconds} is negative")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Literal
 
 from narrator.errors import ConfigError
 from narrator.tokenfolder.manifest import SLOT_SECONDS
+from narrator.tokenfolder.split import SplitConfig
 
 SAMPLE_RATE = 24_000
 FRAME_GRID_SECONDS = SLOT_SECONDS  # the 40 ms grid every chunk is cut on
@@ -175,6 +176,9 @@ class TokenizeConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     silence_dbfs: float = -60.0  # a book whose peak stays below this is refused as silent
     min_seconds: float = 0.5  # shorter recordings are refused; longer ones shorter than a chunk are one chunk
+    # Which frames training holds out for validation, fixed here for the folder's life (the semantic k-means is fit
+    # away from them) and recorded in manifest.json; a training config may re-derive another (data.val_fraction, ...).
+    split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
         if self.min_seconds < FRAME_GRID_SECONDS:

@@ -1,6 +1,6 @@
 """`narrator inspect`: what a token folder holds, from its manifest, plus a check that the shards are intact.
 
-The split shown is the one a training run with the given split settings (a training config's `data:`) would use.
+The split shown is the folder's own, or the one a training run re-derives with the given `data:` split keys.
 `--verify` reads every file the manifest lists and compares it with the checksums recorded at tokenize time.
 """
 
@@ -27,11 +27,11 @@ from narrator.tokenfolder.manifest import MANIFEST_NAME, SLOT_SECONDS, Manifest,
 from narrator.tokenfolder.shards import decode_npy
 
 
-def inspect_tokens(path: str | Path, as_json: bool = False, data: SplitConfig | None = None) -> str:
+def inspect_tokens(path: str | Path, as_json: bool = False, split_overrides: dict[str, float] | None = None) -> str:
     """Summary of a token folder (or its manifest.json), local or at a URL, as text, or as JSON with `as_json`."""
     manifest = Manifest.load(path)
     root = token_folder(path)
-    summary = _summary(root, manifest, data or SplitConfig(), _sizes(root, manifest))
+    summary = _summary(root, manifest, manifest.split.with_overrides(split_overrides or {}), _sizes(root, manifest))
     return json.dumps(summary, indent=1) if as_json else _text(summary)
 
 
@@ -106,6 +106,7 @@ def _summary(root: Path | storage.URL, m: Manifest, data: SplitConfig, sizes: di
         "per_shard": [{"index": s.index, "books": len(s.books), "samples": s.samples,
                        "files": {name: to_dict(f) for name, f in s.files.items()}} for s in m.shards],
         "failed": [to_dict(f) for f in m.failed],
+        "warnings": [to_dict(w) for w in m.warnings],
         "shard_problems": problems,
     }
 
@@ -140,7 +141,7 @@ def _text(s: dict[str, Any]) -> str:
     if sp["short_books"]:
         rules.append(f"{sp['short_held_out']} of {sp['short_books']} shorter recordings are held out whole")
     lines.append(f"split:     {sp['val_seconds']:.1f} s val, {sp['train_seconds']:.1f} s train: {'; '.join(rules)} "
-                 "(data.long_book_seconds, data.val_fraction, data.val_center)")
+                 "(the folder's split; a training config's data.val_fraction, data.val_center, data.long_book_seconds re-derive it)")
     books = s["per_book"]
     width = max((len(b["id"]) for b in books[:SHOWN]), default=0)
     for b in books[:SHOWN]:
@@ -155,7 +156,13 @@ def _text(s: dict[str, Any]) -> str:
     if len(s["per_shard"]) > SHOWN:
         lines.append(f"  ... and {len(s['per_shard']) - SHOWN} more shards (--json lists all)")
     lines.append(f"failed:    {len(s['failed'])}")
-    lines += [f"  {f['source']}: {f['error']}" for f in s["failed"]]
+    lines += [f"  {f['source']}: {f['error']}" for f in s["failed"][:SHOWN]]
+    if len(s["failed"]) > SHOWN:
+        lines.append(f"  ... and {len(s['failed']) - SHOWN} more (--json lists all)")
+    lines.append(f"warnings:  {len(s['warnings'])}")
+    lines += [f"  {w['source']}: {w['warning']}" for w in s["warnings"][:SHOWN]]
+    if len(s["warnings"]) > SHOWN:
+        lines.append(f"  ... and {len(s['warnings']) - SHOWN} more (--json lists all)")
     if s["shard_problems"]:
         lines.append(f"PROBLEMS:  {len(s['shard_problems'])} shard files")
         lines += [f"  {p['path']}: {p['problem']}" for p in s["shard_problems"]]

@@ -37,7 +37,7 @@ from narrator.tokenizers.catalog import BookSource, resolve_inputs
 from narrator.tokenizers.audio import AudioInfo, is_mp3, n_samples, probe, read_segment
 from narrator.tokenizers.checks import BookCheck, BookReading, damage_warning, log_check, read_checks
 from narrator.tokenizers.chunking import ChunkSpec, grid_steps, plan_chunks
-from narrator.tokenfolder.split import SplitConfig, held_out_slots
+from narrator.tokenfolder.split import held_out_slots
 from narrator.tokenizers.config import STREAMS, EncodecConfig, TokenizeConfig, WhisperConfig
 from narrator.tokenizers.encodec import EncodecTokenizer, random_weights_name, stream_info, token_config_hash
 from narrator.tokenfolder.manifest import (ACOUSTIC, MANIFEST_NAME, SEMANTIC, BookEntry, BookWarning, FailedBook, Manifest, ShardEntry,
@@ -146,7 +146,7 @@ def build_manifest(out: storage.Location, cfg: TokenizeConfig, plan: ShardPlan, 
     unusable are left out (their shards were written without them); planned shard files not on disk are `pending`."""
     dropped = {book for book, check in checks.items() if check.failed}
     found = [FailedBook(c.source, c.error) for c in checks.values() if c.failed]
-    manifest = Manifest(streams=streams, failed=found + [f for f in failed if f not in found],
+    manifest = Manifest(streams=streams, failed=found + [f for f in failed if f not in found], split=cfg.split,
                         warnings=[BookWarning(c.source, damage_warning(c.source, c).removeprefix(f"warning: {c.source}: "))
                                   for c in checks.values() if c.note_count and not c.failed])
     on_disk = {info.name: _shard_sizes(out, info.name) for info in streams}
@@ -321,7 +321,7 @@ def _semantic_stream(cfg: TokenizeConfig, out: storage.Location, embedder: Whisp
     books = [(b.id, b.source, grid_steps(b.duration_s)) for b in plan.books]
     entries = [BookEntry(b.id, b.source, b.duration_s, grid_steps(b.duration_s), 0, []) for b in plan.books]
     with _staged(out, [str(p) for p in kmeans_paths(KMEANS_STEM)]) as local:
-        model, fitted = fit_semantic(cfg, local, embedder, books, held_out_slots(entries, SplitConfig()))
+        model, fitted = fit_semantic(cfg, local, embedder, books, held_out_slots(entries, cfg.split))
         tokenizer = SemanticTokenizer(embedder, model)
         info = semantic_stream_info(cfg, tokenizer, local)
     if fitted:
@@ -510,8 +510,15 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
 
 
 def _check_out(out: storage.Location, cfg: TokenizeConfig, acoustic: StreamInfo | None = None) -> None:
-    """Refuse an OUT whose streams (those this run makes) were made with another config or other weights;
-    the codec's weights are checked once `acoustic` is known."""
+    """Refuse an OUT whose streams (those this run makes) were made with another config or other weights, or
+    whose validation split is another; the codec's weights are checked once `acoustic` is known."""
+    try:
+        folder = Manifest.load(out).split if storage.exists(storage.join(out, MANIFEST_NAME)) else cfg.split
+    except NarratorError:  # unreadable: this run writes it anew
+        folder = cfg.split
+    if folder != cfg.split:
+        raise NarratorError(f"{storage.join(out, MANIFEST_NAME)}: its validation split is fixed ({to_dict(folder)}); "
+                            f"this config asks for {to_dict(cfg.split)}: use its split: values or a new --out folder")
     path = storage.join(out, stream_info_path(ACOUSTIC))
     if ACOUSTIC in cfg.streams and storage.exists(path):
         old = _read_json(path, StreamInfo)

@@ -102,6 +102,11 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     # Files beside the shards (random-init weights, k-means centroids) go into every checkpoint for generate.
     codec_files = [manifest_dir / f for s in streams for f in s.files()]
     sources = open_sources(cfg.data, folders)  # every folder's shards checked, and a mix checked to be one kind
+    for folder_manifest, folder in folders:
+        split = cfg.data.split_of(folder_manifest.split)
+        if split != folder_manifest.split and accelerator.is_main_process:
+            print(f"data: {folder / MANIFEST_NAME}: validation split re-derived from data: {to_dict(split)} (the token "
+                  f"folder's, fixed at tokenize time: {to_dict(folder_manifest.split)})", flush=True)
     model_config = cfg.model.gpt_config(cfg.model.vocab_size)
     start = resume_point(cfg, out)
 
