@@ -1,6 +1,7 @@
 """`narrator tokenize` on a real 3-node Ray cluster on this host (a head with no CPUs, 2 workers): the
-actors run on both workers and the shards equal a local run's; with that Ray running, the default
-config still starts a private Ray; `ray job submit` runs tokenize on it; bad addresses are one line.
+actors run on both workers and the shards equal a local run's; a worker node killed mid-run leaves
+the run to finish on the other, with the same shards; with that Ray running, the default config still
+starts a private Ray; `ray job submit` runs tokenize on it; bad addresses are one line.
 
 The cluster's nodes are `ray start --block` processes with their own RAY_TMPDIR and ports, so no
 other Ray on the machine sees them (a plain ray.init() would join a Ray recorded in /tmp/ray), and
@@ -9,7 +10,9 @@ they are stopped by their process ids, never with `ray stop`.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import io
 import json
 import os
 import re
@@ -23,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from narrator.errors import NarratorError
@@ -30,13 +34,15 @@ from narrator.config import load_config
 from narrator.tokenizers.config import RayConfig, TokenizeConfig
 from narrator.tokenizers.encodec import random_weights_name
 from narrator.tokenfolder.manifest import Manifest
+from narrator.tokenizers.pipeline import tokenize
 from narrator.tokenizers.ray_cluster import check_address, running_address
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 OBJECT_STORE = "100000000"  # bytes per node: without a limit 3 nodes claim most of the machine's memory
-TOKENIZE = ["--config", str(REPO / "configs/tokenize/encodec_3kbps.yaml"), "--set", "encodec.weights.mode=random",
-            "--set", "chunking.chunk_seconds=1.0", "--set", "ray.batch_size=1", "--set", "ray.concurrency=2"]
+CONFIG = REPO / "configs/tokenize/encodec_3kbps.yaml"
+SETTINGS = ["encodec.weights.mode=random", "chunking.chunk_seconds=1.0", "ray.batch_size=1", "ray.concurrency=2"]
+TOKENIZE = ["--config", str(CONFIG), *(arg for setting in SETTINGS for arg in ("--set", setting))]
 ON_WORKERS = ["--set", "ray.resources={worker_slot: 1}"]  # one actor per worker node: each has one slot
 
 
@@ -54,7 +60,10 @@ class RayNodes:
         self.env = {**os.environ, "RAY_TMPDIR": str(self.tmp), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
                     "RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
                     # Both actors up before the first chunk is handed out, so each worker node gets some.
-                    "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "120"}
+                    "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "120",
+                    # A node killed is declared dead after 3 failed health checks 1 s apart, not Ray's 5 checks
+                    # 3 s apart (~20 s): only then are its actors restarted and their batches run again.
+                    "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
         self.procs: list[subprocess.Popen] = []
         self.gcs_port, self.dashboard_port = free_port(), free_port()
 
@@ -71,6 +80,42 @@ class RayNodes:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ray start {' '.join(args)} failed:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
+
+    def start_worker(self) -> None:
+        """A worker node of 2 CPUs with one `worker_slot` (ON_WORKERS: one actor per worker)."""
+        self.start("--address", f"127.0.0.1:{self.gcs_port}", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+                   "--resources", json.dumps({"worker_slot": 1}))
+
+    def workers(self) -> list[int]:
+        """The indices of the worker nodes still running."""
+        return [i for i, proc in enumerate(self.procs[1:], 1) if proc.poll() is None]
+
+    def processes(self, index: int) -> list[psutil.Process]:
+        """Node `index`'s processes: `ray start`, its raylet and agents, and the workers the raylet started
+        (each of those in a process group of its own, so killing the node's group would leave them)."""
+        root = psutil.Process(self.procs[index].pid)
+        return [root, *root.children(recursive=True)]
+
+    def actors(self, index: int) -> list[psutil.Process]:
+        found = []
+        for proc in self.processes(index):
+            with contextlib.suppress(psutil.Error):
+                if "ChunkEncoderActor" in " ".join(proc.cmdline()):
+                    found.append(proc)
+        return found
+
+    def kill(self, index: int) -> tuple[dict[str, str], list[psutil.Process]]:
+        """SIGKILL node `index` whole, as a machine lost would go: none of its processes tells the head.
+        Returns its raylet's arguments (node_id, node_ip_address, ...) and the processes killed."""
+        raylet = next(p for p in self.processes(index) if p.name() == "raylet")
+        args = dict(a[2:].split("=", 1) for a in raylet.cmdline() if a.startswith("--") and "=" in a)
+        raylet.suspend()  # it starts no worker while the list below is taken
+        victims = self.processes(index)
+        for proc in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        self.procs[index].wait(timeout=30)
+        return args, victims
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -103,8 +148,7 @@ def cluster():
                     "--ray-client-server-port", str(free_port()), "--include-dashboard", "true",
                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(nodes.dashboard_port))
         for _ in range(2):  # one after the other: started together, one may die
-            nodes.start("--address", f"127.0.0.1:{nodes.gcs_port}", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-                        "--resources", json.dumps({"worker_slot": 1}))
+            nodes.start_worker()
     except RuntimeError as e:
         nodes.stop()
         pytest.skip(f"a Ray cluster cannot start here: {str(e).splitlines()[0]}")
@@ -190,6 +234,52 @@ def test_an_unreachable_address_is_one_line_from_the_command(cluster, local_run,
     assert [line for line in result.stderr.splitlines() if "error" in line.lower()] == [(
         f"narrator tokenize: error: ray.address=127.0.0.1:{closed} cannot be reached (Connection refused, waited up "
         "to 15 s); check the address and that Ray runs there")]
+
+
+def test_a_worker_node_killed_mid_run_leaves_the_run_to_the_other_with_the_same_shards(cluster, ray_local, speech_wav,
+                                                                                      tmp_path):
+    # 3 books of 4 chunks of 1 s, a book to a shard. The actors ask for CPUs only, not ON_WORKERS' one slot per
+    # node, so the killed node's actor can be restarted beside the other one; Ray's scheduler spreads the two at first.
+    books = [str(speech_wav(tmp_path / f"{name}.wav", 4.0, seed=seed)) for name, seed in (("x", 3), ("y", 4), ("z", 5))]
+    reference = tmp_path / "reference"
+    with contextlib.redirect_stdout(io.StringIO()):  # in this process's local Ray
+        tokenize(load_config(TokenizeConfig, CONFIG, [*SETTINGS, "shards.target_mb=0.01"]), reference, books)
+    assert len(Manifest.load(reference).shards) >= 3
+    out = with_weights_of(reference, tmp_path / "tokens")
+    assert len(cluster.workers()) == 2, "the cluster lost a worker before this test"
+    survivor, doomed = cluster.workers()
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        run = subprocess.Popen([sys.executable, "-m", "narrator.cli", "tokenize", *TOKENIZE, "--set", "shards.target_mb=0.01",
+                                "--set", f"ray.address=127.0.0.1:{cluster.gcs_port}", "--out", str(out), *books],
+                               env={**cluster.env, "PYTHONUNBUFFERED": "1"}, stdout=stdout, stderr=stderr)
+    killed = None
+    try:
+        # Once the first shard is written, both actors are encoding the next chunks: the node dies holding one.
+        deadline = time.monotonic() + 120
+        while not ((out / "shards/acoustic/000000.tar").exists() and cluster.actors(survivor) and cluster.actors(doomed)):
+            assert run.poll() is None, f"the run ended before the node was killed:\n{(tmp_path / 'stderr').read_text()}"
+            assert time.monotonic() < deadline, "no first shard with an actor on each worker within 120 s"
+            time.sleep(0.01)
+        raylet, victims = cluster.kill(doomed)
+        killed = time.monotonic()
+        assert run.wait(timeout=120) == 0, (tmp_path / "stdout").read_text() + (tmp_path / "stderr").read_text()
+        print(f"the run ended {time.monotonic() - killed:.1f} s after the node was killed")
+    finally:
+        if run.poll() is None:
+            run.kill()
+        if killed is not None:
+            cluster.start_worker()  # for the tests after this one: two workers again
+    assert not [p.pid for p in victims if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    printed = (tmp_path / "stdout").read_text()
+    assert "Traceback" not in printed + (tmp_path / "stderr").read_text()
+    node = raylet["node_id"][:8]
+    assert [line for line in printed.splitlines() if "lost node" in line] == [
+        f"ray: lost node {node} ({raylet['node_ip_address']}) mid-run; its chunks were run again on the others"]
+    summary = re.search(r"ray: 12 chunks encoded on 2 nodes \((\w+): (\d+), (\w+): (\d+)\)", printed)
+    assert summary, printed
+    assert node in (summary[1], summary[3])  # the node killed had returned chunks before it died
+    assert shards(out) == shards(reference)  # byte-identical shards
+    assert (out / "plan.json").read_text() == (reference / "plan.json").read_text()
 
 
 def test_auto_without_a_running_ray_says_where_it_looked(monkeypatch, tmp_path):

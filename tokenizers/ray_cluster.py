@@ -1,6 +1,7 @@
 """Which Ray `narrator tokenize` runs on, by `ray.address`: a private local instance (`local`, the
 default), the instance `ray start` runs on this machine (`auto`), or a cluster's head (`host:port`).
-One line says which, with its nodes, CPUs and GPUs.
+One line says which, with its nodes, CPUs and GPUs; after the run, one line per node that died meanwhile
+(NodeWatch): Ray Data restarts that node's actors elsewhere and runs their batches again, so the run completes.
 
 A plain ray.init() joins whatever instance /tmp/ray/ray_current_cluster names and then refuses the
 CPU count it is given (a traceback), and an address nobody answers makes ray.init retry for
@@ -212,3 +213,33 @@ def node_summary(chunks_per_node: dict[str, int]) -> str:
     total = sum(chunks_per_node.values())
     counts = ", ".join(f"{node[:8]}: {n}" for node, n in sorted(chunks_per_node.items()))
     return f"{total} chunks encoded on {len(chunks_per_node)} {'node' if len(chunks_per_node) == 1 else 'nodes'} ({counts})"
+
+
+@dataclass(frozen=True)
+class RayNode:
+    id: str  # Ray's node id, hex
+    address: str  # its IP (NodeManagerAddress)
+
+
+class NodeWatch:
+    """The Ray nodes alive when encoding starts; `lost_lines()` names those that died since. A worker node that
+    dies takes its actors and the batches they hold with it; Ray Data restarts the actors on the other nodes (once
+    Ray's health checks have declared the node dead) and runs those batches again there."""
+
+    def __init__(self) -> None:
+        self.started = alive_nodes()
+
+    def lost(self) -> list[RayNode]:
+        """Nodes alive at the start that Ray now reports dead (or no longer knows)."""
+        now = alive_nodes()
+        return [node for node_id, node in self.started.items() if node_id not in now]
+
+    def lost_lines(self) -> list[str]:
+        """`ray: lost node 1a2b3c4d (127.0.0.1) mid-run; its chunks were run again on the others`, one per lost node."""
+        return [f"ray: lost node {node.id[:8]} ({node.address}) mid-run; its chunks were run again on the others"
+                for node in self.lost()]
+
+
+def alive_nodes() -> dict[str, RayNode]:
+    """The connected Ray's live nodes, by node id."""
+    return {n["NodeID"]: RayNode(n["NodeID"], n.get("NodeManagerAddress", "?")) for n in ray.nodes() if n.get("Alive")}
