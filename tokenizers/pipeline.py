@@ -46,7 +46,7 @@ from narrator.tokenizers.kmeans import kmeans_paths
 from narrator.tokenizers.semantic import (KMEANS_STEM, SemanticTokenizer, fit_semantic, random_whisper_name, semantic_config,
                                           semantic_stream_info)
 from narrator.tokenizers.plan import PlannedBook, ShardPlan
-from narrator.tokenizers.ray_cluster import node_summary, ray_session
+from narrator.tokenizers.ray_cluster import NodeWatch, node_summary, ray_session
 from narrator.tokenizers.stderr_filter import MPG123_NOTICE, RAY_ACTOR_RESTART_NOTICE, damage_notes, drop_stderr_lines
 from narrator.tokenizers.whisper import WhisperEmbedder
 from narrator.tokenfolder.shards import (ChunkRecord, ShardWriter, WrittenShard, decode_npy, encode_npy,
@@ -429,6 +429,7 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
     held: list[tuple[int, list[tuple[ChunkSpec, dict[str, Any]]]]] = []  # shards in order, their rows so far
     sizes = Counter(index for index, _, _ in order)  # chunks per shard
     damaged = 0
+    nodes = NodeWatch()  # the nodes alive now: any that dies mid-run is named after the run
     bar = tqdm(total=len(items), unit="chunk", desc="tokenize", dynamic_ncols=True)
 
     def judge(reading: BookReading) -> None:
@@ -504,6 +505,8 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
             print(f"warning: {damaged - SHOWN_WARNINGS} more books with damaged MP3 data, tokenized as decoded "
                   f"(all {damaged} are listed under `warnings` in {storage.join(out, MANIFEST_NAME)}; `narrator inspect` shows them)")
         print(f"ray: {node_summary(report.chunks_per_node)}")
+        for line in nodes.lost_lines():
+            print(line)
     finally:
         bar.close()
         ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
