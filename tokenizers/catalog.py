@@ -30,6 +30,7 @@ import glob
 import hashlib
 import io
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -228,7 +229,7 @@ def _source(audio: str, catalog: str | None) -> str:
         return audio
     if catalog is not None and storage.is_url(catalog) and not Path(audio).is_absolute():
         return str(storage.join(storage.parent(storage.root(catalog)), audio))
-    return str(_near(audio, catalog).resolve())
+    return storage.real_path(str(_near(audio, catalog)))
 
 
 def _near(path: str, catalog: str | None) -> Path:
