@@ -1,12 +1,16 @@
 """`make bench`: every speed figure as a ratio against a baseline measured in the same run, with its target.
 
-    python benchmarks/bench.py [--machine cpu-2c] [--only tokenize,loader,trainer,generate] [--no-record]
+    python benchmarks/bench.py [--machine cpu-2c] [--only tokenize,short,loader,trainer,generate] [--no-record]
 
 These machines are noisy, so each item times its baseline in the same process, minutes apart at most:
   tokenize   `narrator tokenize`'s pipeline with 1 actor vs the bare models in one process (target >= 0.9),
              and 2 actors vs 1 (target >= 1.8x; beside it, what the machine allows: the bare models in 2
              processes at once vs 1, and the bound the chunks' split into actor calls sets); acoustic
              (EnCodec 3 kbps), then both streams (Whisper + k-means)
+  short      `tokenize` of 250 recordings of 2 s (a JSONL catalog) vs one recording of 500 s of the same audio,
+             audio seconds per second, 2 actors, start-up taken out as for tokenize; in MP3 and in FLAC (target >= 0.9).
+             250 x 2 s, not 500 x 2 s vs 1,000 s: that took 10 min on 2 busy cores, and 500 s keeps the long side's
+             split into actor calls (17 chunks) as even as 1,000 s's (34 chunks): at most 1.89x for 2 actors
   loader     training tokens/s per process for each layout (target >= 5 M)
   trainer    trainer/run.py's steady-state steps/s vs a bare loop on the same model and batches (target >= 0.95)
   generate   tokens/s with the KV cache vs without (target >= 5x)
@@ -30,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the item scripts, im
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## `make bench`"
-ITEMS = ("tokenize", "loader", "trainer", "generate")
+ITEMS = ("tokenize", "short", "loader", "trainer", "generate")
+RUN_ORDER = ("loader", "trainer", "generate", "tokenize", "short")  # the quick ones first
 
 
 @dataclass
@@ -68,6 +73,25 @@ def tokenize_figures(semantic: bool, minutes: float) -> list[Figure]:
                f"{s.best_split(2, s.batch_size):.2f}x"
                + (f"; k-means fit run {s.fit_s:.1f} s" if s.fit_s is not None else ""), unit="x"),
     ]
+
+
+def short_figures(pieces: int, piece_seconds: float = 2.0, formats: tuple[str, ...] = ("mp3", "flac")) -> list[Figure]:
+    import tokenize_speed
+
+    figures = []
+    for r in tokenize_speed.measure_short(pieces, piece_seconds, formats):
+        calls = {side: f"{len(r.calls[side])} calls of <= {max(r.calls[side])} chunks" for side in r.calls}
+        figures.append(Figure(
+            f"tokenize {r.pieces} x {r.piece_s:g} s / 1 x {r.audio_s:g} s, {r.fmt}: audio s per s", r.ratio, 0.9,
+            f"{r.ratio:.2f}",
+            f"{r.actors} actors, acoustic 3 kbps, {r.what}, the {r.pieces} recordings in a JSONL catalog; steady "
+            f"(start-up {r.startup:.1f} s out, the same command on {tokenize_speed.CLIPS} x {tokenize_speed.CLIP_SECONDS:g} s "
+            f"{r.fmt} clips): short {r.steady('short'):.1f}x real time ({r.walls['short']:.1f} s wall), long "
+            f"{r.steady('long'):.1f}x ({r.walls['long']:.1f} s wall); encoded with context: short {r.windows_s['short']:.0f} s, "
+            f"long {r.windows_s['long']:.0f} s; short {calls['short']} allow {r.actors} actors at most "
+            f"{r.best_split('short'):.2f}x of 1, long {calls['long']} {r.best_split('long'):.2f}x"
+            + (f"; {r.failed} pieces refused as silent (read and encoded all the same)" if r.failed else "")))
+    return figures
 
 
 def loader_figures() -> list[Figure]:
@@ -161,6 +185,8 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md as it is")
     parser.add_argument("--tokenize-minutes", type=float, default=6.5,
                         help="audio for the tokenize item (6.5: 17 chunks, 5 actor calls of ray.batch_size 4)")
+    parser.add_argument("--short-recordings", type=int, default=250,
+                        help="recordings of 2 s for the short item, against one of as many x 2 s (250: 500 s)")
     args = parser.parse_args()
     only = [item.strip() for item in args.only.split(",") if item.strip()]
     unknown = [item for item in only if item not in ITEMS]
@@ -171,9 +197,10 @@ def main() -> None:
     print(f"make bench on {machine}, {day}", flush=True)
     runs = {"loader": [loader_figures], "generate": [generate_figures], "trainer": [trainer_figures],
             "tokenize": [lambda: tokenize_figures(False, args.tokenize_minutes),
-                         lambda: tokenize_figures(True, args.tokenize_minutes)]}
+                         lambda: tokenize_figures(True, args.tokenize_minutes)],
+            "short": [lambda: short_figures(args.short_recordings)]}
     figures, start = [], time.perf_counter()
-    for item in ITEMS[1:] + ITEMS[:1]:  # the quick ones first, tokenize last
+    for item in RUN_ORDER:
         if item not in only:
             continue
         for run in runs[item]:

@@ -1,6 +1,7 @@
 """Tokenization speed: real-time factor of the bare models in one process, and of `tokenize` with 1 and 2 Ray actors.
 
     python benchmarks/tokenize_speed.py [--minutes 3] [--gpu] [--semantic]
+    python benchmarks/tokenize_speed.py --short 250 [--formats mp3,flac]   # 250 recordings of 2 s vs one of 500 s
 
 Uses ~3 minutes of real speech from ../shared/audio when present (synthetic speech otherwise), and a
 random EnCodec saved as a local checkpoint (same architecture and cost as the pretrained one; nothing
@@ -8,11 +9,19 @@ to download). Ray starts once, before the timed runs. Each `tokenize` run's star
 models and plan, the actors' start and their models) is measured apart, as the wall time of the same
 command on five 1 s clips (two actor calls, so both actors start), so the steady-state rate is (audio -
 clips) / (wall - start-up). Prints one markdown row.
+
+`--short N` (`measure_short`): N recordings of 2 s, given as a JSONL catalog, against one recording of
+N x 2 s made of the same audio (the LibriVox chapters of ../shared/audio/books joined, else synthetic
+speech), in each format, with 2 actors and start-up taken out the same way: what a corpus of
+utterances costs per recording. The long side is encoded in 32.2 s windows (30 s chunks with their
+context), the short one in 2 s windows; on a 2-core EPYC (32 MB L3) EnCodec's full-rate layers cost
+~2.5x more per second of audio on a 32 s window than on a 2 s one, so the long side is the slower.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -39,6 +48,8 @@ from narrator.tokenizers.whisper import WhisperEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_BOOKS = REPO.parent / "shared" / "audio" / "books" / "librivox_dickinson_becky_miller"
+SHARED_CHAPTERS = REPO.parent / "shared" / "audio" / "books"  # librivox_*_64kb.mp3: LibriVox chapters, 22.05 kHz mono
+WRITE = {"mp3": dict(format="MP3", subtype="MPEG_LAYER_III"), "flac": dict(format="FLAC")}  # --short's formats
 SHARED_WHISPER = REPO.parent / "shared" / "weights" / "whisper-tiny.en.pt"
 CLIPS, CLIP_SECONDS = 5, 1.0  # the start-up probe: 5 one-chunk recordings = 2 actor calls at ray.batch_size 4
 
@@ -220,6 +231,132 @@ def _measure(tmp: Path, minutes: float, semantic: bool, gpu: bool, overrides: tu
     return TokenizeSpeed(what, streams, where, audio_s, chunks, rate, walls, startups, fit, cfg(1).ray.batch_size, two)
 
 
+@dataclass
+class ShortSpeed:
+    """`tokenize` on `pieces` recordings of `piece_s` each (a catalog) vs one recording of the same audio, one format."""
+
+    fmt: str  # mp3 or flac
+    what: str  # the audio
+    pieces: int
+    piece_s: float
+    startup: float  # wall seconds of the same command on the CLIPS clips, in this format
+    walls: dict[str, float]  # "short" / "long" -> wall seconds, start-up included
+    windows_s: dict[str, float]  # "short" / "long" -> seconds of audio encoded, context windows included
+    calls: dict[str, list[int]]  # "short" / "long" -> chunks per actor call
+    actors: int = 2
+    failed: int = 0  # pieces the short run refused (silent: LibriVox has stretches of digital silence)
+
+    @property
+    def audio_s(self) -> float:
+        return self.pieces * self.piece_s
+
+    def steady(self, side: str) -> float:
+        """Audio seconds per wall second, start-up (and the clips' audio) taken out."""
+        return (self.audio_s - CLIPS * CLIP_SECONDS) / max(self.walls[side] - self.startup, 1e-9)
+
+    @property
+    def ratio(self) -> float:
+        return self.steady("short") / self.steady("long")
+
+    def best_split(self, side: str) -> float:
+        """The most the actors can do over 1 given the calls they split (as TokenizeSpeed.best_split)."""
+        loads = [0] * self.actors
+        for call in self.calls[side]:
+            loads[loads.index(min(loads))] += call
+        return sum(self.calls[side]) / max(loads)
+
+
+def speech_for(seconds: float) -> tuple[np.ndarray, int, str]:
+    """`seconds` of mono speech and its sample rate: LibriVox chapters from ../shared/audio joined end to end
+    when present (22.05 kHz, so every read is resampled, as for real books), else synthetic speech at 24 kHz."""
+    chapters = sorted(SHARED_CHAPTERS.glob("librivox_*_64kb.mp3")) if SHARED_CHAPTERS.is_dir() else []
+    # libmpg123's notes on the chapters' ID3 tags and on a damaged frame (re-encoding the audio leaves it behind)
+    with drop_stderr_lines(MPG123_NOTICE):
+        rates = {sf.info(str(p)).samplerate for p in chapters}
+        if chapters and len(rates) == 1:
+            parts, total, rate = [], 0, rates.pop()
+            while total < seconds * rate:
+                for path in chapters:
+                    audio, _ = sf.read(str(path), dtype="float32", always_2d=True)
+                    parts.append(audio.mean(axis=1))
+                    total += len(parts[-1])
+                    if total >= seconds * rate:
+                        break
+            return np.concatenate(parts)[: round(seconds * rate)], rate, f"real speech (LibriVox chapters, {rate / 1000:g} kHz)"
+    return synthetic_speech(seconds, seed=1).astype(np.float32), SAMPLE_RATE, "synthetic speech (24 kHz)"
+
+
+def write_recordings(audio: np.ndarray, rate: int, pieces: int, piece_s: float, folder: Path, fmt: str) -> tuple[Path, Path]:
+    """The whole `audio` as one file, and `pieces` consecutive cuts of `piece_s` listed in a JSONL catalog
+    (ids piece00000, ...; paths relative to it): (long file, catalog)."""
+    folder.mkdir(parents=True)
+    long = folder / f"long.{fmt}"
+    sf.write(str(long), audio, rate, **WRITE[fmt])
+    (folder / "pieces").mkdir()
+    step, rows = round(piece_s * rate), []
+    for i in range(pieces):
+        name = f"pieces/piece{i:05d}.{fmt}"
+        sf.write(str(folder / name), audio[i * step: (i + 1) * step], rate, **WRITE[fmt])
+        rows.append(json.dumps({"id": f"piece{i:05d}", "audio": name}))
+    catalog = folder / "pieces.jsonl"
+    catalog.write_text("\n".join(rows) + "\n")
+    return long, catalog
+
+
+def measure_short(pieces: int = 250, piece_seconds: float = 2.0, formats: tuple[str, ...] = ("mp3", "flac"),
+                  actors: int = 2, overrides: tuple[str, ...] = ()) -> list[ShortSpeed]:
+    """`tokenize` (acoustic, random EnCodec, `actors` actors) of `pieces` recordings of `piece_seconds` vs one
+    recording of the same audio, per format, each run's start-up measured apart as in `measure`. Uses the Ray this
+    process is connected to (a test's), else starts one here and stops it after."""
+    tmp = Path(tempfile.mkdtemp(prefix="short-speed-"))
+    started = not ray.is_initialized()
+    try:
+        audio, rate, what = speech_for(pieces * piece_seconds)
+        checkpoint = tmp / "encodec_random.pt"
+        torch.save(EncodecTokenizer(load_config(TokenizeConfig, None, ["encodec.weights.mode=random"]).encodec)
+                   .model.state_dict(), checkpoint)
+        cfg = load_config(TokenizeConfig, None, [f"encodec.weights.checkpoint={checkpoint}", "encodec.weights.mode=pretrained",
+                                                 f"ray.concurrency={actors}", *overrides])
+        if started:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+
+        def timed(out: Path, inputs: list[str]) -> tuple[float, int]:
+            """Wall seconds of `tokenize`, and the books it refused."""
+            start = time.perf_counter()
+            report = tokenize(cfg, out, inputs)
+            return time.perf_counter() - start, len(report.failed)
+
+        runs = []
+        for fmt in formats:
+            folder = tmp / fmt
+            long, catalog = write_recordings(audio, rate, pieces, piece_seconds, folder, fmt)
+            clips = [folder / f"clip{i}.{fmt}" for i in range(CLIPS)]  # the start-up probe, in this format
+            first = round(10.0 * rate) if len(audio) > 12 * rate else 0  # speech, not the lead-in
+            for clip in clips:
+                sf.write(str(clip), audio[first: first + round(CLIP_SECONDS * rate)], rate, **WRITE[fmt])
+            startup, _ = timed(folder / "out-clips", [str(c) for c in clips])
+            walls = {"long": timed(folder / "out-long", [str(long)])[0]}
+            walls["short"], failed = timed(folder / "out-short", [str(catalog)])
+            long_specs = plan_chunks("long", probe(long).duration_s, cfg.chunking)
+            short_specs = [s for i in range(pieces) for s in plan_chunks("p", probe(folder / f"pieces/piece{i:05d}.{fmt}")
+                                                                        .duration_s, cfg.chunking)]
+            b = cfg.ray.batch_size
+            runs.append(ShortSpeed(
+                fmt, what, pieces, piece_seconds, startup, walls,
+                {side: sum(s.ctx_end_s - s.ctx_start_s for s in specs)
+                 for side, specs in (("short", short_specs), ("long", long_specs))},
+                {side: [min(b, n - i) for i in range(0, n, b)]
+                 for side, n in (("short", len(short_specs)), ("long", len(long_specs)))},
+                actors, failed))
+            shutil.rmtree(folder)
+        return runs
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0)
@@ -229,7 +366,17 @@ def main() -> None:
                              "when there, else random): k-means fit once, then tokenize vs the bare models")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a tokenize config override for every run, e.g. ray.batch_size=1")
+    parser.add_argument("--short", type=int, default=0, metavar="N",
+                        help="instead: N recordings of 2 s (a catalog) vs one of N x 2 s, same audio, 2 actors (make bench: 250)")
+    parser.add_argument("--formats", default="mp3,flac", help="--short: the formats, comma-separated")
     args = parser.parse_args()
+    if args.short:
+        print("\n| format | audio | N x 2 s: steady x real time (wall s) | 1 x N*2 s: same | short / long | start-up s |")
+        print("|---|---|---|---|---|---|")
+        for r in measure_short(args.short, formats=tuple(args.formats.split(",")), overrides=tuple(args.overrides)):
+            print(f"| {r.fmt} | {r.what}, {r.audio_s:g} s | {r.steady('short'):.1f}x ({r.walls['short']:.1f} s) | "
+                  f"{r.steady('long'):.1f}x ({r.walls['long']:.1f} s) | {r.ratio:.2f} | {r.startup:.1f} |")
+        return
     s = measure(args.minutes, args.semantic, args.gpu, tuple(args.overrides))
     fit = s.fit_s is not None
     print("\n| audio | streams | device | bare models, 1 process (x real time) | tokenize, 1 actor: wall s (x real time; "

@@ -80,3 +80,31 @@ def test_mfu_measures_a_variant_and_sorts_kernels_by_kind():
     assert kind_of("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT") == "matmul"
     assert kind_of("triton_per_fused__to_copy_add_native_layer_norm_backward_view_7") == "fused elementwise / norm (Triton)"
     assert kind_of("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+
+
+def test_the_short_item_cuts_the_long_recording_into_a_catalog_of_pieces_of_the_same_audio(tmp_path):
+    import numpy as np
+    import soundfile as sf
+    from tokenize_speed import write_recordings
+
+    from narrator.tokenizers.audio import probe
+    from narrator.tokenizers.catalog import resolve_inputs
+    from narrator.tokenizers.encodec import synthetic_speech
+
+    audio = synthetic_speech(8.0, seed=1).astype(np.float32)
+    for fmt in ("flac", "mp3"):
+        long, catalog = write_recordings(audio, 24_000, 4, 2.0, tmp_path / fmt, fmt)
+        books = resolve_inputs([str(catalog)])
+        assert [b.id for b in books] == ["piece00000", "piece00001", "piece00002", "piece00003"]
+        assert probe(long).duration_s == 8.0 and all(probe(b.source).duration_s == 2.0 for b in books)  # mp3: tagged, exact
+        if fmt == "flac":
+            whole = sf.read(str(long), dtype="float32")[0]
+            assert np.array_equal(np.concatenate([sf.read(b.source, dtype="float32")[0] for b in books]), whole)
+
+
+def test_the_short_item_times_both_sides_and_writes_one_figure_per_format(ray_local):
+    from bench import short_figures
+
+    [figure] = short_figures(4, formats=("flac",))  # 4 x 2 s vs 8 s: three tiny `tokenize` runs
+    assert figure.item == "tokenize 4 x 2 s / 1 x 8 s, flac: audio s per s" and figure.target == 0.9
+    assert figure.value > 0 and "short" in figure.detail and "long" in figure.detail and "start-up" in figure.detail
