@@ -87,7 +87,7 @@ class WrittenShard:
 def log_written(out: storage.Location, stream: str, shard: WrittenShard) -> None:
     """Append a finished shard's record to its stream's log (after the shard was renamed into place; should the
     record be lost, a rerun hashes the shard again)."""
-    storage.append_line(storage.join(out, "shards", stream), WRITTEN_LOG, Path(shard.path).name, json.dumps(asdict(shard)))
+    storage.append_lines(storage.join(out, "shards", stream), WRITTEN_LOG, Path(shard.path).name, [json.dumps(asdict(shard))])
 
 
 def read_written(out: storage.Location, stream: str) -> dict[str, WrittenShard]:

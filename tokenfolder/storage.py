@@ -300,17 +300,19 @@ def download(location: Location, local: Path) -> None:
         fs.get_file(path, str(local))
 
 
-def append_line(folder: Location, log: str, record: str, line: str) -> None:
-    """Append `line` to the log `folder/log` (one JSON object a line, fsynced, so a crash tears at most the last
-    line). An object store cannot append: there each line is an object of its own, `folder/<log stem>/<record>.json`."""
+def append_lines(folder: Location, log: str, record: str, lines: list[str]) -> None:
+    """Append `lines` to the log `folder/log` (one JSON object a line) in one write and one fsync, so a crash tears at
+    most the last line. An object store cannot append: there each call is an object of its own,
+    `folder/<log stem>/<record>.json`."""
+    text = "".join(line + "\n" for line in lines)
     if is_url(folder):
-        write_text(join(folder, posixpath.splitext(log)[0], record + ".json"), line + "\n")
+        write_text(join(folder, posixpath.splitext(log)[0], record + ".json"), text)
         return
     path = Path(folder) / log
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
-            f.write(line + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
@@ -321,10 +323,11 @@ def append_line(folder: Location, log: str, record: str, line: str) -> None:
 
 
 def read_lines(folder: Location, log: str) -> list[str]:
-    """The lines `append_line` wrote to `folder/log`, in both forms (a torn last line is the caller's to skip)."""
+    """The lines `append_lines` wrote to `folder/log`, in both forms (a torn last line is the caller's to skip)."""
     lines = read_text(join(folder, log)).splitlines() if exists(join(folder, log)) else []
     if is_url(folder):
-        lines += [data.decode() for data in read_folder(join(folder, posixpath.splitext(log)[0])).values()]
+        lines += [line for data in read_folder(join(folder, posixpath.splitext(log)[0])).values()
+                  for line in data.decode().splitlines()]
     return lines
 
 

@@ -65,8 +65,10 @@ class BookReading:
         return BookCheck(self.book, self.source, self.peak, self.notes, self.note_count, error)
 
 
-def log_check(out: storage.Location, check: BookCheck) -> None:
-    storage.append_line(out, CHECKS_LOG, check.book, json.dumps(asdict(check)))
+def log_checks(out: storage.Location, checks: list[BookCheck]) -> None:
+    """Append verdicts to OUT/checks.jsonl in one write (an object store: one object, named after the first book)."""
+    if checks:
+        storage.append_lines(out, CHECKS_LOG, checks[0].book, [json.dumps(asdict(check)) for check in checks])
 
 
 def read_checks(out: storage.Location) -> dict[str, BookCheck]:

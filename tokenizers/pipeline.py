@@ -35,7 +35,7 @@ from narrator.errors import NarratorError
 from narrator.tokenfolder import storage
 from narrator.tokenizers.catalog import BookSource, resolve_inputs
 from narrator.tokenizers.audio import AudioInfo, is_mp3, n_samples, probe, read_segment
-from narrator.tokenizers.checks import BookCheck, BookReading, damage_warning, log_check, read_checks
+from narrator.tokenizers.checks import BookCheck, BookReading, damage_warning, log_checks, read_checks
 from narrator.tokenizers.chunking import ChunkSpec, grid_steps, plan_chunks
 from narrator.tokenfolder.split import held_out_slots
 from narrator.tokenizers.config import STREAMS, EncodecConfig, TokenizeConfig, WhisperConfig
@@ -429,13 +429,14 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
     held: list[tuple[int, list[tuple[ChunkSpec, dict[str, Any]]]]] = []  # shards in order, their rows so far
     sizes = Counter(index for index, _, _ in order)  # chunks per shard
     damaged = 0
+    unlogged: list[BookCheck] = []  # verdicts not yet in OUT/checks.jsonl
     nodes = NodeWatch()  # the nodes alive now: any that dies mid-run is named after the run
     bar = tqdm(total=len(items), unit="chunk", desc="tokenize", dynamic_ncols=True)
 
     def judge(reading: BookReading) -> None:
         nonlocal damaged
         check = checks[reading.book] = reading.verdict(cfg.silence_dbfs)
-        log_check(out, check)  # before any shard holding the book is written
+        unlogged.append(check)  # logged before any shard holding the book is written
         name = given.get(check.book, check.source)
         if check.failed:
             report.failed.append(FailedBook(check.source, check.error))
@@ -448,6 +449,8 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
     def write_ready() -> None:
         """Write the held shards, in order, that have all their chunks and all their books' verdicts."""
         while held and len(held[0][1]) == sizes[held[0][0]] and all(spec.book in checks for spec, _ in held[0][1]):
+            log_checks(out, unlogged)  # one write for the verdicts of many short recordings
+            unlogged.clear()
             index, rows = held.pop(0)
             writers = {name: ShardWriter(storage.join(out, shard_path(name, index)), name=shard_path(name, index))
                        for name in missing[index]}

@@ -23,6 +23,7 @@ _MPG123_SOURCE = re.compile(r"^(\[src/libmpg123/[^\]]*\]\s*(error|warning):\s*|N
 # A seek lands on a frame whose bit reservoir (data in the frames before it) was not read: libmpg123 says so once,
 # as the first note of a read that starts mid-file, about a clean file too (measured on LibriVox chapters).
 SEEK_NOTE = re.compile(r"part2_3_length \(\d+\) too large for available bit count")
+ID3_NOTE = "[src/libmpg123/id3.c:"  # about the file's tags, not its audio
 _LINE_END = re.compile(rb"(?<=[\r\n])")
 
 
@@ -32,8 +33,9 @@ def plain_note(line: str) -> str:
 
 
 def damage_notes(lines: list[str], after_seek: bool) -> list[str]:
-    """libmpg123's notes on one read, without the one a seek itself causes: those that say the data is damaged."""
-    notes = [plain_note(line) for line in lines]
+    """libmpg123's notes on one read that say the audio data is damaged: not its notes on the ID3 tag (printed at
+    every open of the file), nor the one a seek itself causes."""
+    notes = [plain_note(line) for line in lines if not line.startswith(ID3_NOTE)]
     return notes[1:] if after_seek and notes and SEEK_NOTE.search(notes[0]) else notes
 
 
