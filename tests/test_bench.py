@@ -100,11 +100,3 @@ def test_the_short_item_cuts_the_long_recording_into_a_catalog_of_pieces_of_the_
         if fmt == "flac":
             whole = sf.read(str(long), dtype="float32")[0]
             assert np.array_equal(np.concatenate([sf.read(b.source, dtype="float32")[0] for b in books]), whole)
-
-
-def test_the_short_item_times_both_sides_and_writes_one_figure_per_format(ray_local):
-    from bench import short_figures
-
-    [figure] = short_figures(4, formats=("flac",))  # 4 x 2 s vs 8 s: three tiny `tokenize` runs
-    assert figure.item == "tokenize 4 x 2 s / 1 x 8 s, flac: audio s per s" and figure.target == 0.9
-    assert figure.value > 0 and "short" in figure.detail and "long" in figure.detail and "start-up" in figure.detail
