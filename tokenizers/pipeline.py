@@ -110,7 +110,7 @@ def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str],
             "name": ACOUSTIC, "config": to_dict(cfg.encodec), "identity": to_dict(codec.weights_identity()),
             "weights": codec.model.state_dict()}))
     if embedder is not None:
-        with drop_stderr_lines(MPG123_NOTICE):  # the k-means reads books whose damage planning reported
+        with drop_stderr_lines(MPG123_NOTICE):  # the k-means sample's reads: the actors name damaged books
             streams.append(_semantic_stream(cfg, out, embedder, plan))
     for stream in streams:
         _write_json(storage.join(out, stream_info_path(stream.info.name)), stream.info)
