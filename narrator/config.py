@@ -8,6 +8,7 @@ key, and the resolved config is written next to the command's outputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -49,8 +50,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a plain mapping, checking every key and type."""
     if not isinstance(data, dict):
         raise ConfigError(f"'{prefix.rstrip('.') or 'config'}': expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
+    fields, hints = _fields_and_hints(cls)
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = prefix + str(unknown[0])
@@ -62,6 +62,13 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _fields_and_hints(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
+    """A dataclass's init fields and resolved type hints, once per class: an index of 1 M books builds 1 M of
+    them, and get_type_hints compiles every annotation string anew each call."""
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}, typing.get_type_hints(cls)
 
 
 def to_dict(obj: Any) -> Any:
