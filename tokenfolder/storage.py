@@ -340,6 +340,14 @@ def open_read(location: Location) -> IO[bytes]:
         return fs.open(path, "rb", block_size=READ_BLOCK_BYTES)
 
 
+def glob_files(pattern: str) -> list[str]:
+    """The file URLs a URL glob matches (`**`: any depth), sorted."""
+    fs, path = _fs(pattern)
+    with _errors(pattern):
+        found = fs.glob(path, detail=True)
+    return sorted(fs.unstrip_protocol(name) for name, info in found.items() if info.get("type") == "file")
+
+
 def list_sizes(folder: Location) -> dict[str, int]:
     """Name -> size of the files directly in `folder` (empty when it does not exist); temp files are left out."""
     if not is_url(folder):

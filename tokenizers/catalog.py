@@ -74,7 +74,7 @@ def resolve_inputs(inputs: list[str], allow_outside_root: bool = False) -> list[
                         unnamed[source] = (len(order), given)
                         order.append(source)
             else:
-                source = _source(item, None)
+                source = audio_source(item, None)
                 if source not in unnamed:
                     unnamed[source] = (len(order), item)
                     order.append(source)
@@ -118,10 +118,7 @@ def is_glob(item: str) -> bool:
 def expand_glob(pattern: str) -> list[str]:
     """The files a glob matches, sorted, `**` matching any depth: local paths as glob writes them, or URLs."""
     if storage.is_url(pattern):
-        fs, path = storage._fs(pattern)  # noqa: SLF001 - storage keeps fsspec to itself; it has no glob yet
-        with storage._errors(pattern):  # noqa: SLF001
-            found = fs.glob(path, detail=True)
-        matches = sorted(fs.unstrip_protocol(name) for name, info in found.items() if info.get("type") == "file")
+        matches = storage.glob_files(pattern)
     else:
         local = str(Path(pattern.removeprefix("file://")).expanduser())
         matches = sorted(p for p in glob.glob(local, recursive=True) if Path(p).is_file())
@@ -157,8 +154,8 @@ def read_catalog(catalog: str, allow_outside_root: bool = False) -> list[BookSou
         first_row[book_id] = number
         meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in row.items()
                 if k not in REQUIRED and v is not None and v != ""}
-        _check_inside(catalog, where, audio, allow_outside_root)
-        books.append(BookSource(book_id, _source(audio, catalog), f"{where} ({audio})", meta))
+        check_inside(catalog, where, audio, allow_outside_root)
+        books.append(BookSource(book_id, audio_source(audio, catalog), f"{where} ({audio})", meta))
     return books
 
 
@@ -180,13 +177,7 @@ def _rows(catalog: str) -> list[tuple[int, dict]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise NarratorError(f"{catalog} line {number}: not JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise NarratorError(f"{catalog} line {number}: expected a JSON object with id and audio, got {line.strip()[:60]}")
-        rows.append((number, row))
+        rows.append((number, json_object(line, f"{catalog} line {number}", "a JSON object with id and audio")))
     return rows
 
 
@@ -196,12 +187,12 @@ def _read_list(catalog: str, allow_outside_root: bool = False) -> list[tuple[str
     for number, line in enumerate(_read(catalog).splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if line:
-            _check_inside(catalog, f"{catalog} line {number}", line, allow_outside_root)
-            entries.append((_source(line, catalog), line if storage.is_url(line) else str(_near(line, catalog))))
+            check_inside(catalog, f"{catalog} line {number}", line, allow_outside_root)
+            entries.append((audio_source(line, catalog), line if storage.is_url(line) else str(_near(line, catalog))))
     return entries
 
 
-def _check_inside(catalog: str, where: str, audio: str, allow_outside_root: bool) -> None:
+def check_inside(catalog: str, where: str, audio: str, allow_outside_root: bool) -> None:
     """Refuse a local audio path that lies outside the catalog's folder, naming the flag that allows it."""
     if storage.is_url(audio) or allow_outside_root:
         return
@@ -210,6 +201,17 @@ def _check_inside(catalog: str, where: str, audio: str, allow_outside_root: bool
     if outside:
         raise NarratorError(f"{where}: audio {audio!r} lies outside the catalog's folder {folder} ({outside}); "
                             "narrator tokenize --allow-outside-root reads it anyway")
+
+
+def json_object(line: str, where: str, expected: str) -> dict:
+    """One JSONL row as a dict, or one NarratorError line naming `where` (file and line) and what was `expected`."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise NarratorError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise NarratorError(f"{where}: expected {expected}, got {line.strip()[:60]}")
+    return row
 
 
 def _read(catalog: str) -> str:
@@ -222,7 +224,7 @@ def _read(catalog: str) -> str:
         raise NarratorError(f"{catalog}: not a text catalog (not UTF-8)") from None
 
 
-def _source(audio: str, catalog: str | None) -> str:
+def audio_source(audio: str, catalog: str | None) -> str:
     """A URL as given; a local path made absolute (relative to the catalog's folder, or to the working
     folder for a path given on the command line)."""
     if storage.is_url(audio):

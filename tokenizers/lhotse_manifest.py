@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from narrator.errors import NarratorError
 from narrator.tokenfolder import storage
-from narrator.tokenizers.catalog import BOOK_ID, BookSource, _check_inside, _source
+from narrator.tokenizers.catalog import BOOK_ID, BookSource, audio_source, check_inside, json_object
 
 CUT_TYPES = ("MonoCut", "Cut", "MixedCut", "MultiCut")  # "Cut": MonoCut's name before lhotse 0.8
 RECORDING_KEYS = ("id", "sources", "sampling_rate", "num_samples", "duration")
@@ -93,12 +93,7 @@ def _open(path: str) -> IO[str]:
 
 def _book(path: str, number: int, line: str, deserialize_item: Any, allow_outside_root: bool) -> BookSource:
     where = f"{path} line {number}"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise NarratorError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(row, dict):
-        raise NarratorError(f"{where}: expected a JSON object (a lhotse Recording or Cut), got {line.strip()[:60]}")
+    row = json_object(line, where, "a JSON object (a lhotse Recording or Cut)")
     if "sources" not in row and not _is_lhotse_row(row):
         raise NarratorError(f"{where}: not a lhotse Recording or Cut (keys: {', '.join(row) or 'none'})")
     kind = "Recording" if "sources" in row else str(row.get("type", "SupervisionSegment"))
@@ -118,8 +113,8 @@ def _book(path: str, number: int, line: str, deserialize_item: Any, allow_outsid
     if kind == "Recording":
         _check_id(where, item.id)
         audio = _audio(where, item)
-        _check_inside(path, where, audio, allow_outside_root)
-        return BookSource(item.id, _source(audio, path), f"{where} ({audio})")
+        check_inside(path, where, audio, allow_outside_root)
+        return BookSource(item.id, audio_source(audio, path), f"{where} ({audio})")
     return _cut_book(path, where, item, allow_outside_root)
 
 
@@ -133,11 +128,11 @@ def _cut_book(path: str, where: str, cut: Any, allow_outside_root: bool) -> Book
                             f"{len(recording.channel_ids)}-channel recording {recording.id!r}; narrator reads all "
                             "channels mixed down to mono")
     audio = _audio(where, recording)
-    _check_inside(path, where, audio, allow_outside_root)
+    check_inside(path, where, audio, allow_outside_root)
     supervisions = sorted(cut.supervisions, key=lambda s: s.start)
     meta = {"text": " ".join(s.text.strip() for s in supervisions if s.text and s.text.strip()),
             "speaker": next((s.speaker for s in supervisions if s.speaker), ""), "recording": recording.id}
-    return BookSource(cut.id, _source(audio, path), f"{where} ({audio})", {k: v for k, v in meta.items() if v},
+    return BookSource(cut.id, audio_source(audio, path), f"{where} ({audio})", {k: v for k, v in meta.items() if v},
                       start_s=float(cut.start), duration_s=float(cut.duration))
 
 
