@@ -11,7 +11,6 @@ chunks it reads again. A failed book's chunks are left out of its shards and the
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 
 from narrator.tokenfolder import storage
@@ -79,8 +78,7 @@ def read_checks(out: storage.Location) -> dict[str, BookCheck]:
             check = BookCheck(**json.loads(line))
         except (ValueError, TypeError):
             continue
-        if math.isfinite(check.peak):
-            found[check.book] = check
+        found[check.book] = check
     return found
 
 
