@@ -33,16 +33,19 @@ def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="narrator", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="narrator", description=__doc__.splitlines()[0],
+                                     epilog="docs: docs/*.md, one page per job; the walk-through is in README.md")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("sample-book", help="speak the built-in sample text to a 24 kHz mono wav (offline TTS)")
+    p = sub.add_parser("sample-book", help="speak the built-in sample text to a 24 kHz mono wav (offline TTS)",
+                       epilog="docs: docs/tokenize.md")
     p.add_argument("out", type=Path, help="wav file to write")
     p.add_argument("--minutes", type=float, help="length of the book (default 5)")
     p.add_argument("--seed", type=int, help="seed for the rate/pitch variation")
     _common(p)
 
-    p = sub.add_parser("tokenize", help="quantize books into webdataset token shards with Ray")
+    p = sub.add_parser("tokenize", help="quantize books into webdataset token shards with Ray",
+                       epilog="docs: docs/tokenize.md")
     p.add_argument("inputs", nargs="+", help="audio files or URLs, or catalogs: .jsonl / .csv with columns id, audio "
                    "(path relative to the catalog, absolute, or URL), optional reader, licence, ...; .txt: one audio path per line")
     p.add_argument("--out", required=True, help="output folder or URL, e.g. s3://bucket/tokens (shards/, manifest.json)")
@@ -50,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read catalog rows whose audio lies outside the catalog's folder (absolute, '..' or symlinked paths)")
     _common(p)
 
-    p = sub.add_parser("inspect", help="summarize a token folder: books, chunks, shards, tokens, splits, weights")
+    p = sub.add_parser("inspect", help="summarize a token folder: books, chunks, shards, tokens, splits, weights",
+                       epilog="docs: docs/tokenize.md")
     p.add_argument("tokens", help="folder or URL holding manifest.json (or the manifest itself)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--verify", action="store_true",
@@ -58,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "names each bad file and exits with status 3")
     _common(p)  # a training config: its data.val_center / data.val_fraction set the split shown
 
-    p = sub.add_parser("kmeans-report", help="compare Whisper layers and k-means sizes on some audio, to choose the semantic tokens")
+    p = sub.add_parser("kmeans-report", help="compare Whisper layers and k-means sizes on some audio, to choose the semantic tokens",
+                       epilog="docs: docs/tokenize.md")
     p.add_argument("inputs", nargs="+", help="audio files, or catalog files (.txt: one audio path per line)")
     p.add_argument("--layers", default="-1", help="encoder layers, comma-separated (-1: final output; 0..n-1: blocks)")
     p.add_argument("--k", default="256,1024", help="k-means sizes, comma-separated")
@@ -67,11 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read catalog rows whose audio lies outside the catalog's folder")
     _common(p)  # a tokenize config: its whisper and kmeans sections
 
-    p = sub.add_parser("train", help="train the GPT (same as `python trainer/run.py`)")
+    p = sub.add_parser("train", help="train the GPT (same as `python trainer/run.py`)", epilog="docs: docs/train.md")
     p.add_argument("--resume", nargs="?", const="auto", help="resume from OUT's latest checkpoint, or from PATH")
     _common(p)
 
-    p = sub.add_parser("generate", help="continue a prompt recording with a trained model and write a wav")
+    p = sub.add_parser("generate", help="continue a prompt recording with a trained model and write a wav",
+                       epilog="docs: docs/train.md")
     p.add_argument("--checkpoint", type=Path, help="training output folder (latest checkpoint) or one checkpoint folder")
     p.add_argument("--semantic-checkpoint", type=Path, dest="semantic_checkpoint",
                    help="two-stage (AudioLM) generation: this semantic model continues the ids, --checkpoint's prefix model voices them")
@@ -84,18 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     _common(p)
 
-    p = sub.add_parser("report", help="write RUN/report.html: a run's curves, config, tokens and audio in one file")
+    p = sub.add_parser("report", help="write RUN/report.html: a run's curves, config, tokens and audio in one file",
+                       epilog="docs: docs/train.md")
     p.add_argument("run", type=Path, help="training output folder (config.yaml, metrics.jsonl, samples/)")
     p.add_argument("--max-audio", dest="max_audio", type=int, default=24,
                    help="continuations given a player, evenly spaced, the last always (default 24)")
 
-    p = sub.add_parser("estimate", help="GPU memory of a training config per ZeRO stage / offload, and what fits")
+    p = sub.add_parser("estimate", help="GPU memory of a training config per ZeRO stage / offload, and what fits",
+                       epilog="docs: docs/scale.md")
     p.add_argument("--gpu-memory", dest="gpu_memory", default="16GiB", help="memory of one GPU, e.g. 16GiB, 16GB, 80GiB")
     p.add_argument("--num-gpus", dest="num_gpus", type=int, default=1, help="GPUs the state is spread over (default 1)")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     _common(p)  # a training config
 
-    p = sub.add_parser("demo", help="the whole pipeline on the built-in sample book")
+    p = sub.add_parser("demo", help="the whole pipeline on the built-in sample book", epilog="docs: README.md")
     p.add_argument("--out", type=Path, help="output folder (default runs/demo)")
     p.add_argument("--minutes", type=float, help="length of the sample book")
     p.add_argument("--steps", type=int, help="training steps")
