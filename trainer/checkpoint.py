@@ -63,7 +63,8 @@ class TrainerState:
 @dataclass
 class ProcessState:
     """What one process carries from step to step besides the model, optimizer and RNG states (accelerate
-    saves those): where its loader is, and what it has not reported yet."""
+    saves those): where its loader is, and what it has not reported yet. `train_state.TrainState` gives and
+    takes it (state_dict / load_state_dict); each process's is its process_N.json."""
 
     data: DataPosition
     coverage_parts: list[EpochCoverage] = field(default_factory=list)  # epochs some, not all, workers finished

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from narrator.config import config_hash, load_config, save_config, to_dict
 from narrator.errors import ConfigError, NarratorError
-from narrator.streaming.dataset import (EpochCoverage, TrainBatch, build_train_loader, build_val_loader, data_deal,
-                                        data_vocab, open_folder, open_sources)
+from narrator.streaming.dataset import (build_train_loader, build_val_loader, data_deal, data_vocab, open_folder,
+                                        open_sources)
 from narrator.streaming.layout import FlatLayout, Layout
 from narrator.streaming.position import DataDeal, DataPosition, carry_over
 from narrator.tokenfolder.manifest import MANIFEST_NAME, Manifest
@@ -44,10 +44,11 @@ from narrator.trainer.checkpoint import (ProcessState, TrainerState, check_compl
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.estimate import peak_tflops, workload_from_config
 from narrator.trainer.eval_audio import EvalAudio
-from narrator.trainer.metrics import MetricsLog, StepMetrics, make_trackers
+from narrator.trainer.metrics import MetricsLog, make_trackers
 from narrator.trainer.model import GPT
 from narrator.trainer.optim import build_optimizer
 from narrator.trainer.schedule import build_scheduler
+from narrator.trainer.train_state import CoverageLog, TrainState, Window
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -110,25 +111,35 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     model_config = cfg.model.gpt_config(cfg.model.vocab_size)
     start = resume_point(cfg, out)
 
-    # Model, optimizer, schedule; then the checkpoint, if resuming (it is checked against the data first).
+    # Model and optimizer.
     model = GPT(model_config)
     n_params = model.num_params()  # counted before prepare(): ZeRO-3 leaves each rank a shard
     if cfg.model.compile:  # in place (nn.Module.compile): the wrappers and checkpoints see the same module and keys
         model.compile()
     optimizer = build_optimizer(model, cfg.optim, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
+
+    # Resume: the run's step, and this process's loop state (TrainState), from the checkpoint if there is one
+    # (checked against the data and model first); the schedule is rebuilt at that step.
     state = TrainerState(step=0, tokens_seen=0, world_size=world, config_hash=config_hash(cfg),
                          tokenizer_config_hash=tokens_hash, layout=cfg.data.layout_name,
                          shared_vocab=cfg.data.shared_vocab, boundary_token=layout.boundary_token,
                          separator_token=layout.special.separator)
     deal = data_deal(cfg.data, sources, world, cfg.data.seed)
-    carried = ProcessState(DataPosition.fresh(deal))  # this process's loader position, pending reports, losses
+    block = model_config.block_size
+    peak = peak_tflops(accelerator.device)
+    train_state = TrainState(DataPosition.fresh(deal),
+                             Window(flops_per_token=workload_from_config(cfg).train_flops_per_token,
+                                    peak_tflops=peak * world if peak is not None else None),
+                             CoverageLog(max(1, cfg.data.num_workers), block, rank if world > 1 else None,
+                                         [s.manifest for s in cfg.data.sources] if len(folders) > 1 else None))
     if start is not None:
         resumed = resume_checkpoint(accelerator, start, model_config, tokens_hash, manifest_dir / MANIFEST_NAME,
                                     layout.boundary_token, layout=state.layout, separator_token=state.separator_token)
         state = dataclasses.replace(state, step=resumed.step, tokens_seen=resumed.tokens_seen)
         accelerator.print(f"resumed from {start} at step {state.step}")
-        carried, note = carry_on(start, read_process_states(start), rank, deal, state.step)
+        saved, note = carry_on(start, read_process_states(start), rank, deal, state.step)
+        train_state.load_state_dict(saved)
         if note:
             accelerator.print(note)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.max_steps, start_step=state.step)
@@ -145,9 +156,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
               f"{world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}")
 
     # Data, from where the checkpoint's loader was: the batches an uninterrupted run would see next.
-    block = model_config.block_size
     train_loader = build_train_loader(cfg.data, sources, block, cfg.batch_size, rank, world,
-                                      seed=cfg.data.seed, start=carried.data)
+                                      seed=cfg.data.seed, start=train_state.position)
     train_loader.worker_init_fn = functools.partial(shield_worker, train_loader.worker_init_fn)
     # The same eval_batches batches at every evaluation, on every process (a short val set is cycled).
     val_loader = build_val_loader(sources, block, cfg.batch_size, rank, world)
@@ -160,36 +170,25 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     eval_audio = EvalAudio.start(cfg, out, accelerator, layout, val_batches[0][0][0], streams, manifest_dir, metrics)
     last_checkpoint = start
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main_process, unit="step", dynamic_ncols=True)
-    peak = peak_tflops(accelerator.device)
-    window = Window(carried.losses, carried.tokens, carried.seconds,
-                    flops_per_token=workload_from_config(cfg).train_flops_per_token,
-                    peak_tflops=peak * world if peak is not None else None)
-    coverage = CoverageLog(max(1, cfg.data.num_workers), block, rank if world > 1 else None,
-                           [s.manifest for s in cfg.data.sources] if len(folders) > 1 else None,
-                           carried.coverage_parts, carried.coverage_unlogged)
-    consumed = dataclasses.replace(carried.data, workers=list(carried.data.workers))  # moved by each batch taken
     val_loss = None
-    # Updates skipped for a non-finite loss (optim.skip_nonfinite counts them over the whole run); not yet logged.
-    skipped, unlogged_skips = carried.skipped, carried.unlogged_skips
     with StopSignal() as stop:
-        batches = coverage.strip(consumed.follow(train_loader))
+        batches = train_state.batches(train_loader)
         while state.step < cfg.max_steps:
             lr = optimizer.param_groups[0]["lr"]
             t0 = time.perf_counter()
             loss, stepped = train_step(accelerator, model, optimizer, scheduler, batches, cfg)
             if not stepped:  # a non-finite loss or gradient norm: nothing was updated
-                skipped += 1
+                skipped = train_state.skip()
                 if skipped > cfg.optim.skip_nonfinite:
                     raise NarratorError(f"non-finite loss ({loss}) at step {state.step + 1}: training diverged (lower "
                                         f"optim.lr, check the data); last good checkpoint: {last_checkpoint or 'none'}"
                                         + (f" ({skipped - 1} non-finite steps skipped before, optim.skip_nonfinite "
                                            f"{cfg.optim.skip_nonfinite})" if cfg.optim.skip_nonfinite else ""))
-                unlogged_skips += 1
                 if main_process:
                     progress.write(f"step {state.step + 1}: non-finite loss ({loss}) or gradient norm; skipped the "
                                    f"update ({skipped} of optim.skip_nonfinite {cfg.optim.skip_nonfinite})")
                 continue
-            window.add(loss, tokens_per_step, time.perf_counter() - t0)
+            train_state.window.add(loss, tokens_per_step, time.perf_counter() - t0)
             state.step += 1
             state.tokens_seen += tokens_per_step
             final = state.step == cfg.max_steps
@@ -198,25 +197,20 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
             val_loss = val.overall if val is not None else val_loss
             sample = (eval_audio.sample(accelerator.unwrap_model(model), state.step)
                       if val is not None and eval_audio is not None else None)
-            progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.rate:,.0f}",
-                                 **({"mfu": f"{window.mfu:.1%}"} if window.mfu is not None else {}), refresh=False)
-            for line in coverage.lines():
+            progress.set_postfix(loss=f"{loss:.3f}", **train_state.window.postfix(), refresh=False)
+            for line in train_state.coverage.lines():
                 if main_process:
                     progress.write(line)
             if final or val is not None or state.step % cfg.log_every == 0:
-                record = window.record(state.step, lr, val, coverage.records(), layout)
-                record.skipped_nonfinite, unlogged_skips = unlogged_skips or None, 0
+                record = train_state.record(state.step, lr, val, layout)
                 record.sample = sample
                 metrics.log(record)
             if state.step % cfg.plot_every == 0:
                 metrics.plot()
             stopping = stop.agreed(accelerator)
             if final or stopping or state.step % cfg.checkpoint_every == 0:
-                parts, unlogged = coverage.pending()
-                process = ProcessState(consumed, parts, unlogged, window.losses, window.tokens, window.seconds,
-                                       skipped, unlogged_skips)
                 last_checkpoint = save_checkpoint(accelerator, model, out, state, streams, cfg, cfg.keep_checkpoints,
-                                                  files=codec_files, process=process)
+                                                  files=codec_files, process=train_state.state_dict())
             progress.update(1)
             if stopping:
                 progress.close()
@@ -228,7 +222,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     metrics.plot()
     if main_process:
         print(f"done: {state.step} steps, {state.tokens_seen / 1e6:.2f} M tokens; final train loss "
-              f"{window.last_loss:.4f}, val loss {val_loss:.4f}; checkpoint {last_checkpoint}; "
+              f"{train_state.window.last_loss:.4f}, val loss {val_loss:.4f}; checkpoint {last_checkpoint}; "
               f"metrics {out / 'metrics.jsonl'}, plots {out / 'train_loss.png'}, {out / 'val_loss.png'}")
     return 0
 
@@ -448,103 +442,6 @@ class ValLoss:
         if not isinstance(layout, FlatLayout):
             return None
         return [self.per_group[n] for n in layout.group_names]
-
-
-class Window:
-    """Train losses, tokens and seconds since the last metrics record, and the speed they give: tokens/s,
-    TFLOP/s (`flops_per_token`: estimate.Workload.train_flops_per_token) and MFU (over `peak_tflops`, the
-    processes' summed bf16 peak; None off CUDA)."""
-
-    def __init__(self, losses: Sequence[float] = (), tokens: int = 0, seconds: float = 0.0, flops_per_token: int = 0,
-                 peak_tflops: float | None = None):
-        self.losses: list[float] = list(losses)  # a resumed run goes on with the checkpoint's
-        self.tokens = tokens
-        self.seconds = seconds
-        self.rate = tokens / seconds if seconds > 0 else 0.0
-        self.last_loss = math.nan
-        self.flops_per_token = flops_per_token
-        self.peak_tflops = peak_tflops
-
-    @property
-    def tflops(self) -> float:
-        return self.rate * self.flops_per_token / 1e12
-
-    @property
-    def mfu(self) -> float | None:
-        return self.tflops / self.peak_tflops if self.peak_tflops else None
-
-    def add(self, loss: float, tokens: int, seconds: float) -> None:
-        self.losses.append(loss)
-        self.tokens += tokens
-        self.seconds += seconds
-        self.rate = self.tokens / max(self.seconds, 1e-9)
-        self.last_loss = loss
-
-    def record(self, step: int, lr: float, val: ValLoss | None, epoch_coverage: list[dict] | None = None,
-               layout: Layout | None = None) -> StepMetrics:
-        mfu = self.mfu
-        record = StepMetrics(step=step, train_loss=sum(self.losses) / len(self.losses), lr=lr,
-                             tokens_per_s=round(self.rate, 1), tflops=float(f"{self.tflops:.4g}"),
-                             mfu=None if mfu is None else round(mfu, 4), epoch_coverage=epoch_coverage or None)
-        if val is not None:
-            record.val_loss = val.overall
-            record.val_loss_per_group = {k: round(v, 4) for k, v in val.per_group.items()}
-            record.val_loss_per_stream = {k: round(v, 4) for k, v in val.per_stream.items()}
-            per_codebook = val.per_codebook(layout) if layout is not None else None
-            record.val_loss_per_codebook = None if per_codebook is None else [round(v, 4) for v in per_codebook]
-        self.losses, self.tokens, self.seconds = [], 0, 0.0
-        return record
-
-
-class CoverageLog:
-    """Per epoch, the share of this process's training tokens that landed in a window.
-
-    Each DataLoader worker reports its epochs on its own (with the batch holding its last window of
-    the epoch); an epoch is summed and reported once all `workers` reported it. In a mix, each token
-    folder (`sources`) counts its own epochs. A resumed run starts with the checkpoint's `pending`
-    reports, and its loader skips the windows that made them, so no epoch is counted twice or lost.
-    """
-
-    def __init__(self, workers: int, block_size: int, rank: int | None, sources: list[str] | None = None,
-                 parts: Sequence[EpochCoverage] = (), unlogged: Sequence[EpochCoverage] = ()):
-        self.workers, self.block_size, self.rank, self.sources = workers, block_size, rank, sources
-        self._parts: dict[tuple[int, int], list[EpochCoverage]] = {}
-        for part in parts:
-            self._parts.setdefault((part.source, part.epoch), []).append(part)
-        self._done: list[EpochCoverage] = []  # finished, not yet printed
-        self._unlogged: list[EpochCoverage] = list(unlogged)  # finished, not yet in metrics.jsonl
-
-    def strip(self, batches: Iterable[TrainBatch]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(x, y) of each batch, keeping the coverage reports it carries."""
-        for batch in batches:
-            for part in batch.coverage:
-                parts = self._parts.setdefault((part.source, part.epoch), [])
-                parts.append(part)
-                if len(parts) == self.workers:
-                    done = sum(self._parts.pop((part.source, part.epoch))[1:], parts[0])
-                    self._done.append(done)
-                    self._unlogged.append(done)
-            yield batch.x, batch.y
-
-    def pending(self) -> tuple[list[EpochCoverage], list[EpochCoverage]]:
-        """What a checkpoint keeps: the reports of epochs not every worker finished, and finished epochs
-        not yet in metrics.jsonl."""
-        return [p for parts in self._parts.values() for p in parts], list(self._unlogged)
-
-    def lines(self) -> list[str]:
-        """One line per epoch finished since the last call."""
-        where = "" if self.rank is None else f" on rank {self.rank}"
-        lines = [f"epoch {c.epoch}{'' if self.sources is None else f' of {self.sources[c.source]}'}: {c.share:.2%} of "
-                 f"{c.tokens:,} training tokens{where} landed in a window (block {self.block_size})" for c in self._done]
-        self._done = []
-        return lines
-
-    def records(self) -> list[dict]:
-        """The epochs finished since the last call, for metrics.jsonl."""
-        records = [{"epoch": c.epoch, "tokens": c.tokens, "covered": c.covered, "share": round(c.share, 6),
-                    **({} if self.sources is None else {"source": self.sources[c.source]})} for c in self._unlogged]
-        self._unlogged = []
-        return records
 
 
 class StopSignal:
