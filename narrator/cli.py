@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     _common(p)  # a training config
 
-    p = sub.add_parser("demo", help="the whole pipeline on the built-in sample book", epilog="docs: README.md")
+    p = sub.add_parser("demo", help="the whole pipeline on the built-in sample book",
+                       epilog="docs: README.md, docs/tokenize.md, docs/train.md")
     p.add_argument("--out", type=Path, help="output folder (default runs/demo)")
     p.add_argument("--minutes", type=float, help="length of the sample book")
     p.add_argument("--steps", type=int, help="training steps")
