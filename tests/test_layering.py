@@ -1,4 +1,4 @@
-"""The layers import downwards only: tokenfolder/ <- tokenizers/, streaming/ <- trainer/.
+"""The layers import downwards only: tokenfolder/ <- tokenizers/, streaming/ <- evaluation/ <- trainer/.
 
 Read from the source (ast), not from sys.modules: an import inside a function counts too.
 """
@@ -14,6 +14,7 @@ FORBIDDEN = {
     "tokenfolder": ("narrator.tokenizers", "narrator.streaming", "narrator.trainer"),
     "tokenizers": ("narrator.streaming", "narrator.trainer"),
     "streaming": ("narrator.tokenizers", "narrator.trainer"),
+    "evaluation": ("narrator.trainer",),  # the trainer runs evaluations, not the other way round
 }
 
 
