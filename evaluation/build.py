@@ -18,7 +18,7 @@ import numpy as np
 from narrator.errors import NarratorError
 
 from .items import LEXICAL, SYNTACTIC, VERSION, Item, ItemSet, content_sha256
-from .lexicon import Entry, is_vowel, load_lexicon, strip_stress
+from .lexicon import fair_word, load_lexicon, strip_stress
 from .phonemes import espeak_phonemes, respell, spoken_count
 from .pseudowords import Phonotactics, Pseudoword
 from .sentences import sentence_pairs
@@ -40,17 +40,6 @@ def phonotactics() -> Phonotactics:
 
 def _source() -> str:
     return f"{load_lexicon().source}, espeakng-loader {importlib.metadata.version('espeakng-loader')}"
-
-
-def fair_word(entry: Entry) -> bool:
-    """A word worth testing: 3+ letters and phones, 1-3 syllables with a primary stress, not an acronym.
-
-    (An acronym like 'fbi' has more syllables than vowel letters.)
-    """
-    syllables = sum(1 for p in entry.phones if is_vowel(p))
-    vowel_letters = sum(1 for c in entry.word if c in "aeiouy")
-    return (len(entry.word) >= 3 and 3 <= len(entry.phones) <= 9 and 1 <= syllables <= 3
-            and syllables <= vowel_letters and any(p.endswith("1") for p in entry.phones))
 
 
 def _voice_turns(count: int, rng: np.random.Generator) -> list[tuple[str, int]]:

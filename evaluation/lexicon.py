@@ -17,6 +17,9 @@ from narrator.errors import NarratorError
 # learned from it. 30 000 reaches zipf ~2.7 (a few per million words), past which names and
 # foreign spellings dominate.
 TOP_WORDS = 30000
+# Frequent enough to be drawn, not what a published test set should say aloud.
+OFFENSIVE = frozenset("""asshole bastard bitch bitches cock cocks cunt dick dicks fag faggot fuck fucked fucker fucking
+    nigga nigger niggers porn porno pussy shit shits shitty slut whore""".split())
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,16 @@ class Lexicon:
     def is_word(self, phones: tuple[str, ...]) -> bool:
         """Whether these phones sound like some CMUdict word (stress ignored: homophones count)."""
         return sound_key(" ".join(phones)) in self.pronunciations
+
+
+def fair_word(entry: Entry) -> bool:
+    """A word worth testing: 3+ letters and phones, 1-3 syllables with a primary stress, not an acronym
+    (an acronym like 'fbi' has more syllables than vowel letters), not offensive."""
+    syllables = sum(1 for p in entry.phones if is_vowel(p))
+    vowel_letters = sum(1 for c in entry.word if c in "aeiouy")
+    return (len(entry.word) >= 3 and 3 <= len(entry.phones) <= 9 and 1 <= syllables <= 3
+            and syllables <= vowel_letters and any(p.endswith("1") for p in entry.phones)
+            and entry.word not in OFFENSIVE)
 
 
 def strip_stress(phones: tuple[str, ...]) -> tuple[str, ...]:
