@@ -41,7 +41,8 @@ def lexical_items_for_words(words: Sequence[str], seed: int = 0, renditions: int
                             cache: Path | None = None) -> ItemSet:
     """Lexical pairs for exactly these words (each against its own pseudoword), `renditions` voices each.
 
-    For a learning test: train on speech of a small word list, then score these pairs.
+    For a learning test: train on one seed's `real_audio` (the words' speech), score another
+    seed's pairs (other pseudowords, the voices in another order). cache None: nothing written.
     """
     if not words:
         raise NarratorError("lexical items for words: the word list is empty")
