@@ -151,7 +151,7 @@ def speak(utterances: Sequence[Utterance], sample_rate: int = SAMPLE_RATE, seed:
         request = Path(tmp) / "request.json"
         request.write_text(json.dumps({"sample_rate": sample_rate, "seed": seed,
                                        "utterances": [asdict(u) for u in utterances]}))
-        code = "import sys; from narrator.evaluation.speech import _speak_all; _speak_all(__import__('pathlib').Path(sys.argv[1]))"
+        code = "import sys, pathlib; from narrator.evaluation.speech import _speak_all; _speak_all(pathlib.Path(sys.argv[1]))"
         done = subprocess.run([sys.executable, "-c", code, str(request)], capture_output=True, text=True)
         if done.returncode:
             last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
