@@ -99,7 +99,7 @@ def main() -> None:
                 files = [u[next(iter(u))].url for u in shards.urls]
                 seconds, size = best_of(args.repeat, lambda: sum(len(storage.read_bytes(f)) for f in files))
                 stream_s, tokens = best_of(args.repeat,
-                                           lambda: sum(len(t) for t in shards.token_stream(shards.urls, "train")))
+                                           lambda: sum(len(t) for t in shards.token_stream(shards.train, "train")))
                 print(f"| cpu-2c | {time.strftime('%Y-%m-%d')} | {name} | {size / seconds / 1e6:.0f} | "
                       f"{tokens / stream_s / 1e6:.1f} |")
         finally:

@@ -24,7 +24,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal, NamedTuple, NoReturn
 from urllib.parse import urlparse
@@ -42,7 +42,7 @@ from narrator.streaming.layout import LAYOUTS, SLOT_FRAMES, Layout, StreamShape,
 from narrator.streaming.position import MIX_BLOCK, DataDeal, DataPosition, SourcePosition, WorkerPosition
 from narrator.tokenfolder.split import held_out_slots, split_span
 from narrator.tokenfolder import storage
-from narrator.tokenfolder.manifest import ACOUSTIC, MANIFEST_NAME, SLOT_SECONDS, Manifest, token_folder
+from narrator.tokenfolder.manifest import ACOUSTIC, MANIFEST_NAME, SLOT_SECONDS, Manifest, read_shard_books, token_folder
 from narrator.tokenfolder.shards import ChunkRecord, decode_npy
 
 REMOTE_SCHEMES = ("http", "https")  # opened by webdataset's gopen with curl (no shell)
@@ -236,13 +236,19 @@ class TokenShards:
     where: str  # the manifest file, for messages
     urls: list[ShardFiles]  # per planned shard, in plan order
     shard_samples: list[int]  # chunks per shard, as the manifest says
+    book_index: list[tuple[str, str]]  # per shard: its book index file (path or URL) and sha256
+    train: list[int]  # the shards (positions in `urls`) that hold training slots
+    val: list[int]  # and those that hold held-out slots
     layout: Layout
-    val_slots: dict[str, tuple[int, int]]  # book id -> its held-out 40 ms slots [start, end)
+    val_slots: dict[str, tuple[int, int]] | None = None  # a split re-derived for this run: book -> its held-out slots
     source: int = 0  # its index in data.sources
     weight: float = 1.0  # its share of the training windows, relative to the other sources
+    _read: tuple[int, dict[str, tuple[int, int]]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def open(cls, cfg: DataConfig, manifest: Manifest, manifest_dir: Path) -> "TokenShards":
+        """The folder's shards for `cfg`: its own split (each shard's books read from its index when the shard is),
+        or another that `cfg` asks for, re-derived over every book of the folder (every index file read here)."""
         where = storage.join(manifest_dir, MANIFEST_NAME)
         layout, _ = data_vocab(cfg, manifest, where)
         # The reference stream's frames say how many slots a chunk has; the others must agree.
@@ -254,26 +260,43 @@ class TokenShards:
                 if outside and not cfg.allow_outside_root:
                     raise NarratorError(outside_root_error(where, f"the {stream} stream's file", rel, outside,
                                                            storage.root(manifest_dir)))
+        everything = list(range(len(manifest.shards)))
+        split = cfg.split_of(manifest.split)
+        rederived = None if split == manifest.split else \
+            held_out_slots(list(manifest.iter_books(manifest_dir)), split)
         return cls(
             where=str(where),
             urls=[{s: ShardSource(per_stream[s][i], shard.files[s].sha256, shard.files[s].bytes, str(manifest_dir))
                    for s in order} for i, shard in enumerate(manifest.shards)],
             shard_samples=[s.samples for s in manifest.shards],
+            book_index=[(str(manifest.index_file(manifest_dir, s)), s.books.sha256) for s in manifest.shards],
+            train=everything if rederived else [i for i, s in enumerate(manifest.shards) if s.train_slots],
+            val=everything if rederived else [i for i, s in enumerate(manifest.shards) if s.val_slots],
             layout=layout,
-            val_slots=held_out_slots(manifest.books, cfg.split_of(manifest.split)),
+            val_slots=rederived,
         )
+
+    def held_out(self, shard: int) -> dict[str, tuple[int, int]]:
+        """The held-out slots of the books of shard `shard` (its index file; the last one read is kept)."""
+        if self.val_slots is not None:
+            return self.val_slots
+        if self._read is None or self._read[0] != shard:
+            path, sha256 = self.book_index[shard]
+            self._read = (shard, {b.id: b.held_out for b in read_shard_books(path, sha256)})
+        return self._read[1]
 
     def stride(self, block_size: int) -> int:
         """Tokens between window starts (`Layout.cut`)."""
         return self.layout.cut(block_size).stride
 
-    def token_stream(self, shards: list[ShardFiles], split: Literal["train", "val"],
+    def token_stream(self, shards: list[int], split: Literal["train", "val"],
                      keep: slice = slice(None)) -> Iterator[np.ndarray]:
-        """The tokens of `split` in `shards`, in order, with a boundary unit wherever two pieces do not join.
+        """The tokens of `split` in `shards` (positions in `urls`), in order, with a boundary unit wherever two
+        pieces do not join.
 
         `keep` selects chunks by position in the shards' concatenated samples.
         """
-        chunks = itertools.chain.from_iterable(_joined(files) for files in shards)
+        chunks = ((i, chunk) for i in shards for chunk in _joined(self.urls[i]))
         last = None  # (book, slot after the previous piece)
         for piece in self._pieces(itertools.islice(chunks, keep.start, keep.stop), split):
             if last is not None and last != (piece.book, piece.start):
@@ -281,9 +304,9 @@ class TokenShards:
             yield piece.tokens
             last = (piece.book, piece.start + piece.slots)
 
-    def _pieces(self, chunks: Iterator[dict[str, dict]], split: str) -> Iterator[_Piece]:
+    def _pieces(self, chunks: Iterator[tuple[int, dict[str, dict]]], split: str) -> Iterator[_Piece]:
         """Token runs of `split` from each chunk (cut on the slot grid); its npys are decoded only when it holds one."""
-        for samples in chunks:
+        for shard, samples in chunks:
             records = {stream: self._record(stream, sample) for stream, sample in samples.items()}
             ref, ref_record = next(iter(records.items()))
             url, key = samples[ref]["__url__"], samples[ref]["__key__"]
@@ -295,11 +318,12 @@ class TokenShards:
                 if record.frames != slots * SLOT_FRAMES[stream]:
                     raise NarratorError(f"{samples[stream]['__url__']}: sample {key} has {record.frames} frames but "
                                         f"{url} has {ref_record.frames} for {slots} slots")
-            if ref_record.book not in self.val_slots:
-                raise NarratorError(f"{url}: sample {key} belongs to book {ref_record.book!r}, which {self.where} "
-                                    "does not list")
+            held_out = self.held_out(shard).get(ref_record.book)
+            if held_out is None:
+                raise NarratorError(f"{url}: sample {key} belongs to book {ref_record.book!r}, which "
+                                    f"{self.book_index[shard][0] if self.val_slots is None else self.where} does not list")
             first = round(ref_record.start_s / SLOT_SECONDS)
-            parts = [p for p in split_span(first, slots, self.val_slots[ref_record.book]) if p.split == split]
+            parts = [p for p in split_span(first, slots, held_out) if p.split == split]
             if not parts:
                 continue
             frames = {stream: self._frames(stream, samples[stream], records[stream]) for stream in samples}
@@ -552,14 +576,14 @@ class TrainWindows(IterableDataset):
 
     def epoch(self, epoch: int, worker: int, slot: int, slots: int, read_all: bool = False) -> Iterator[Window]:
         """One pass over this slot's share (or over everything, when `read_all`)."""
-        urls = self.shards.urls
+        train = self.shards.train
         if read_all:
             slot, slots = 0, 1
-        order, keep = slot_plan(self.shards.shard_samples, self.seed, epoch, slot, slots)
+        order, keep = slot_plan([self.shards.shard_samples[i] for i in train], self.seed, epoch, slot, slots)
         rng = np.random.default_rng([self.seed, self.rank, worker, epoch])
         unit = self.shards.layout.unit_tokens
         rotate = int(rng.integers(self.shards.stride(self.block_size) // unit)) * unit  # whole units, < one stride
-        stream = self.shards.token_stream([urls[i] for i in order], "train", keep)
+        stream = self.shards.token_stream([train[i] for i in order], "train", keep)
         windows = self.shards.windows(stream, self.block_size, rotate, epoch)
         if self.shuffle_buffer > 1:
             windows = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, seed=int(rng.integers(2**63)))(windows)
@@ -637,7 +661,7 @@ class _Loader(DataLoader):
 def data_deal(cfg: DataConfig, sources: Sequence[TokenShards], world_size: int, seed: int) -> DataDeal:
     """What decides which windows each DataLoader worker of this run reads (see streaming/position.py)."""
     return DataDeal(world_size, max(1, cfg.num_workers), seed, cfg.shuffle_buffer,
-                    tuple(len(s.urls) for s in sources))
+                    tuple(len(s.train) for s in sources))
 
 
 def build_train_loader(cfg: DataConfig, sources: Sequence[TokenShards], block_size: int, batch_size: int,
@@ -666,7 +690,7 @@ def val_windows(sources: TokenShards | Sequence[TokenShards], block_size: int, r
     Rank r keeps windows i % world_size == r; when there are fewer windows than ranks, all of them.
     """
     sources = [sources] if isinstance(sources, TokenShards) else list(sources)
-    windows = [w.tokens for shards in sources for w in shards.windows(shards.token_stream(shards.urls, "val"), block_size)]
+    windows = [w.tokens for shards in sources for w in shards.windows(shards.token_stream(shards.val, "val"), block_size)]
     if not windows:
         where = " and ".join(s.where for s in sources)
         raise NarratorError(f"{where}: the held-out tokens fill no validation window of {block_size + 1} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,7 +20,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from narrator.tokenfolder.manifest import ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity
+from narrator.tokenfolder.manifest import (ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity,
+                                          write_book_index)
+from narrator.tokenfolder.split import held_out_slots, split_span
 from narrator.tokenfolder.shards import ChunkRecord, ShardWriter
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"  # <repo>/../shared/audio
@@ -40,7 +43,7 @@ def make_token_folder(out: str | Path, books: int = 2, seconds: float | Sequence
                       chunk_seconds: float = 5.0, samples_per_shard: int = 2, seed: int = 0,
                       codes: Literal["random", "position"] = "random", streams: Sequence[str] = (ACOUSTIC,),
                       semantic_k: int | None = None) -> Path:
-    """A token folder as `narrator tokenize` writes it (shards + manifest.json, format narrator-tokens/2).
+    """A token folder as `narrator tokenize` writes it (shards, their book indexes, manifest.json: narrator-tokens/3).
 
     `books` recordings `book0, book1, ...` of `seconds` each (or one per entry of a list of
     durations), cut into chunks of `chunk_seconds` (a shorter recording is one short chunk), packed
@@ -68,29 +71,36 @@ def make_token_folder(out: str | Path, books: int = 2, seconds: float | Sequence
     rng = np.random.default_rng(seed)
     chunk_slots = round(chunk_seconds / 0.04)
     plan = []  # (book index, chunk, first slot, slots), in plan order
+    books = []
     for b, duration in enumerate(durations):
         slots = max(1, round(duration / 0.04))  # books are whole 40 ms slots
         plan += [(b, c, first, min(chunk_slots, slots - first)) for c, first in enumerate(range(0, slots, chunk_slots))]
-        manifest.books.append(BookEntry(f"book{b}", f"book{b}.wav", slots * 0.04, slots,
-                                        len(range(0, slots, chunk_slots)), []))
-    if codes == "position" and "semantic" in streams and (len(durations) > 8 or max(b.slots for b in manifest.books) > 2048):
+        books.append(BookEntry(f"book{b}", f"book{b}.wav", slots * 0.04, slots, len(range(0, slots, chunk_slots)),
+                               0, 0, (0, 0)))
+    if codes == "position" and "semantic" in streams and (len(durations) > 8 or max(b.slots for b in books) > 2048):
         raise ValueError("position-coded semantic ids fit at most 8 books of < 82 s")
+    held = held_out_slots(books, manifest.split)  # one tokenize run: the split of its books, fixed with them
     for part, first_sample in enumerate(range(0, len(plan), samples_per_shard)):
-        names, files = [], {}
+        chunks = plan[first_sample : first_sample + samples_per_shard]
+        files = {}
         for stream in streams:
             path = f"shards/{stream}/{part:06d}.tar"
             with ShardWriter(out / path, path) as writer:
-                for b, c, first, slots in plan[first_sample : first_sample + samples_per_shard]:
+                for b, c, first, slots in chunks:
                     record = ChunkRecord(f"book{b}", c, first * 0.04, (first + slots) * 0.04,
                                          slots * (3 if stream == ACOUSTIC else 2), stream)
                     writer.write(record, _chunk_codes(stream, codes, rng, b, c, first, slots, n_codebooks, semantic_k))
-                    if f"book{b}" not in names:
-                        names.append(f"book{b}")
                 shard = writer.close()
             files[stream] = ShardFile(path, shard.tokens, shard.bytes, shard.sha256)
-        for name in names:
-            manifest.books[int(name[4:])].shards.append(part)
-        manifest.shards.append(ShardEntry(part, names, len(plan[first_sample : first_sample + samples_per_shard]), files))
+        pieces = {}  # book -> (first chunk, chunks) in this shard
+        for b, c, _, _ in chunks:
+            pieces[b] = (pieces.get(b, (c, 0))[0], pieces.get(b, (c, 0))[1] + 1)
+        entries = [dataclasses.replace(books[b], first_chunk=first, shard_chunks=count, held_out=held[books[b].id])
+                   for b, (first, count) in pieces.items()]
+        split = [s for b, _, first, slots in chunks for s in split_span(first, slots, held[f"book{b}"])]
+        manifest.shards.append(ShardEntry(part, len(chunks), sum(s.frames for s in split if s.split == "train"),
+                                          sum(s.frames for s in split if s.split == "val"), files,
+                                          write_book_index(out, part, entries)))
     manifest.save(out / "manifest.json")
     return out
 
@@ -144,3 +154,25 @@ def speech_wav() -> Callable[..., Path]:
         return Path(path)
 
     return write
+
+
+# --- reading a token folder's book index (tests) ---------------------------------------------------
+
+def folder_books(folder: str | Path) -> list[BookEntry]:
+    """Every book of a token folder once, in plan order (its first piece's line)."""
+    return list(Manifest.load(folder).iter_books(folder))
+
+
+def shard_books(folder: str | Path) -> dict[int, list[str]]:
+    """Shard index -> the ids of the books it holds, in chunk order."""
+    manifest = Manifest.load(folder)
+    return {s.index: [b.id for b in manifest.book_index(folder, s)] for s in manifest.shards}
+
+
+def book_shards(folder: str | Path) -> dict[str, list[int]]:
+    """Book id -> the shards holding its chunks, in chunk order."""
+    found: dict[str, list[int]] = {}
+    for index, books in shard_books(folder).items():
+        for book in books:
+            found.setdefault(book, []).append(index)
+    return found

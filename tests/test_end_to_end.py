@@ -33,7 +33,7 @@ def test_book_to_tokens_to_model_to_wav(tmp_path, ray_local, capsys):
                      str(book), "--set", "encodec.weights.mode=random", "--set", "chunking.chunk_seconds=4",
                      "--set", "ray.concurrency=2", "--set", "shards.target_mb=0.01"]) == 0  # 2 chunks of 4 s a shard
     manifest = Manifest.load(tokens)
-    assert [b.chunks for b in manifest.books] == [6]
+    assert [b.chunks for b in manifest.iter_books(tokens)] == [6]
     assert len(manifest.shards) == 3 and manifest.total_tokens == 24 * 75 * 4
     weights = manifest.stream("acoustic").weights
     assert (weights.mode, weights.file) == ("random", "encodec_random_seed0.safetensors")

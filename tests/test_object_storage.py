@@ -152,16 +152,20 @@ def test_books_in_a_bucket_tokenize_into_the_bucket_as_on_disk(runs, s3_server):
     fs = s3_server.fs
     remote = Manifest.load(url)
     on_disk = Manifest.load(local)
-    assert [b.source for b in remote.books] == [f"s3://{BUCKET}/books/a.wav", f"s3://{BUCKET}/books/b.flac"]
-    for b in remote.books + on_disk.books:
+    remote_books, disk_books = list(remote.iter_books(url)), list(on_disk.iter_books(local))
+    assert [b.source for b in remote_books] == [f"s3://{BUCKET}/books/a.wav", f"s3://{BUCKET}/books/b.flac"]
+    for b in remote_books + disk_books:
         b.source = ""
+    assert remote_books == disk_books
+    for shard in remote.shards + on_disk.shards:  # the book indexes name the audio where it was read
+        shard.books.bytes, shard.books.sha256 = 0, ""
     assert to_dict(remote) == to_dict(on_disk)  # same shards, sizes, sha256s, streams, weights
     for shard in on_disk.shards:  # byte for byte
         path = shard.files[ACOUSTIC].path
         assert fs.cat_file(f"{BUCKET}/tokens/{path}") == (local / path).read_bytes()
     names = keys(fs, f"{BUCKET}/tokens")
-    assert {"manifest.json", "plan.json", "tokenize_config.yaml", "encodec_random_seed0.safetensors",
-            "shards/acoustic/stream.json"} <= names.keys()
+    assert {"manifest.json", "plan/000000.json", "index/000000.jsonl", "tokenize_config.yaml",
+            "encodec_random_seed0.safetensors", "shards/acoustic/stream.json"} <= names.keys()
     weights = "encodec_random_seed0.safetensors"
     assert fs.cat_file(f"{BUCKET}/tokens/{weights}") == (local / weights).read_bytes()
     assert sorted(n for n in names if n.startswith("shards/acoustic/written/")) == [
@@ -176,7 +180,7 @@ def test_a_book_in_a_bucket_is_read_by_seeking_as_on_disk(runs, s3_server):
     assert info.duration_s == pytest.approx(4.0) and info.channels == 2
     import numpy as np
 
-    disk = read_segment(Manifest.load(local).books[1].source, 1.2, 3.6)
+    disk = read_segment(next(b.source for b in Manifest.load(local).iter_books(local) if b.id == "b"), 1.2, 3.6)
     assert np.array_equal(read_segment(info, 1.2, 3.6), disk)
 
 
@@ -224,7 +228,7 @@ def test_verify_reads_a_bucket_and_names_a_changed_shard_and_changed_weights(run
         fs.pipe_file(f"{BUCKET}/verify/{key}", fs.cat_file(f"{BUCKET}/tokens/{key}"))
     assert cli.main(["inspect", "--verify", copy]) == 0
     out = capsys.readouterr().out.strip()
-    assert out.startswith("verified 3 shard files (") and " and 1 side file in " in out
+    assert out.startswith("verified 3 shard files (") and ", 3 book indexes and 1 side file in " in out
     for key in ("shards/acoustic/000002.tar", "encodec_random_seed0.safetensors"):
         data = bytearray(fs.cat_file(f"{BUCKET}/verify/{key}"))
         data[-600] ^= 0x01  # inside the last sample's codes / the last tensor's bytes; the size stays
@@ -233,7 +237,7 @@ def test_verify_reads_a_bucket_and_names_a_changed_shard_and_changed_weights(run
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith(f"{copy}/shards/acoustic/000002.tar: sha256 ")
     assert lines[1].startswith(f"{copy}/encodec_random_seed0.safetensors: EnCodec weights sha256 ")
-    assert lines[2].startswith(f"2 of 4 files fail verification against {copy}/manifest.json") and len(lines) == 3
+    assert lines[2].startswith(f"2 of 7 files fail verification against {copy}/manifest.json") and len(lines) == 3
 
 
 def test_training_reads_the_token_folder_from_the_bucket(runs, tmp_path):

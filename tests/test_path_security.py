@@ -46,7 +46,7 @@ def point_shard_0(folder: Path, path: str) -> None:
 def tokens(folder: Path, **data) -> np.ndarray:
     manifest, root = open_folder(folder)
     shards = TokenShards.open(DataConfig(manifest=str(folder), long_book_seconds=1.0, **data), manifest, root)
-    return np.concatenate(list(shards.token_stream(shards.urls, "train")))
+    return np.concatenate(list(shards.token_stream(shards.train, "train")))
 
 
 def refusal(folder: Path) -> str:
@@ -106,7 +106,7 @@ def test_verify_lists_an_entry_outside_the_folder_without_reading_it(folder, cap
     assert cli.main(["inspect", "--verify", str(folder)]) == 3
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "/etc/passwd: lies outside the token folder (an absolute path); not read"
-    assert lines[1].startswith("1 of 4 files fail verification")
+    assert lines[1].startswith("1 of 8 files fail verification")
 
 
 def catalog(path: Path, *audio: str) -> str:

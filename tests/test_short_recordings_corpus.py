@@ -14,6 +14,7 @@ from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import TokenShards, window_coverage
 from narrator.tokenizers.config import TokenizeConfig
 from narrator.tokenizers.inspect import inspect_tokens
+from narrator.tokenfolder.split import id_hash
 from narrator.tokenfolder.manifest import Manifest
 from narrator.tokenizers.pipeline import tokenize
 
@@ -34,30 +35,36 @@ def test_a_corpus_of_short_recordings(tmp_path, ray_local, speech_wav, capsys):
 
     report = tokenize(cfg, out, [str(catalog)])
     m = Manifest.load(out)
-    assert report.failed == [] and len(m.books) == 202 and sum(b.chunks for b in m.books) == 200 + 2 * 3
+    assert report.failed == [] and m.books == 202 and sum(s.samples for s in m.shards) == 200 + 2 * 3
     files = [s.files["acoustic"] for s in m.shards]
     assert 4 <= len(m.shards) <= 6, [f.path for f in files]  # not 202
-    assert all(f.bytes < 0.3e6 for f in files) and max(len(s.books) for s in m.shards) > 30
+    assert all(f.bytes < 0.3e6 for f in files) and max(s.books.pieces for s in m.shards) > 30
+    # The short recordings held out whole come last, in a shard of their own; validation also reads the two long
+    # books' mid windows, and no other shard.
+    assert (m.shards[-1].train_slots, m.shards[-1].val_slots > 0) == (0, True)
+    assert sum(s.val_slots > 0 for s in m.shards) <= 3
     mtimes = {f.path: (out / f.path).stat().st_mtime_ns for f in files}
 
     again = tokenize(cfg, out, [str(catalog)])
     assert (again.added, again.shards_written, again.chunks_encoded) == ([], 0, 0)
 
     more = tokenize(cfg, out, [str(p) for p in clips[200:]])
-    assert more.added == [p.stem for p in clips[200:]] and more.shards_written == 1
+    held = [p.stem for p in clips[200:] if id_hash(p.stem) < cfg.split.val_fraction]  # in a shard of their own
+    assert more.added == [p.stem for p in clips[200:]] and more.shards_written == 1 + bool(held) and held
     m = Manifest.load(out)
     assert {f.path: (out / f.path).stat().st_mtime_ns for s in m.shards for f in s.files.values() if f.path in mtimes} == mtimes
-    assert len(m.books) == 212 and m.shards[-1].books == more.added
+    new = [b.id for s in m.shards[len(files):] for b in m.book_index(out, s)]
+    assert m.books == 212 and sorted(new) == sorted(more.added)
 
     text = inspect_tokens(out)
-    assert f"books:     212 ({sum(b.duration_s for b in m.books) / 3600:.3f} h)" in text
-    assert f"shards:    {len(m.shards)} written, 0 pending" in text and "shards/acoustic/000006.tar 0.06 MB" in text
+    assert f"books:     212 ({m.seconds / 3600:.3f} h)" in text
+    assert f"shards:    {len(m.shards)} written, 0 pending" in text and f"shards/acoustic/{len(m.shards) - 1:06d}.tar" in text
     assert "2 books of >= 60 s hold out 5%" in text and "shorter recordings are held out whole" in text
 
     data = DataConfig(manifest=str(out))
     coverage = window_coverage(TokenShards.open(data, m, out), block_size=2048)
     with capsys.disabled():
-        print(f"\n{len(m.books)} recordings in {len(m.shards)} shards; block 2048: {coverage.share:.2%} of "
+        print(f"\n{m.books} recordings in {len(m.shards)} shards; block 2048: {coverage.share:.2%} of "
               f"{coverage.tokens:,} training tokens in a window")
     assert coverage.share >= 0.99
 

@@ -52,7 +52,7 @@ def test_split_chunk_segments_tile_the_chunk_without_overlapping_the_window():
 
 
 def book(id: str, seconds: float) -> BookEntry:
-    return BookEntry(id, f"{id}.wav", seconds, round(seconds / 0.04), 1, [])
+    return BookEntry(id, f"{id}.wav", seconds, round(seconds / 0.04), 1, 0, 1, (0, 0))
 
 
 def test_short_recordings_are_held_out_whole_by_a_stable_hash_of_their_id():

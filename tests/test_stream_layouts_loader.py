@@ -20,7 +20,7 @@ from narrator.tokenfolder.manifest import Manifest
 from narrator.tokenfolder.shards import decode_npy, encode_npy, file_sha256
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_token_folder  # noqa: E402
+from conftest import folder_books, make_token_folder  # noqa: E402
 
 BOOKS = [20.0, 14.0, 10.0, 3.0, 1.0, 0.5]  # seconds; books >= 12 s are long (cfg below)
 TWO = ("semantic", "acoustic")
@@ -77,8 +77,8 @@ def held_slots(shards: TokenShards) -> set[tuple[int, int]]:
     return {(int(b[4:]), s) for b, (lo, hi) in shards.val_slots.items() for s in range(lo, hi)}
 
 
-def all_slots(manifest: Manifest) -> set[tuple[int, int]]:
-    return {(int(b.id[4:]), s) for b in manifest.books for s in range(b.slots)}
+def all_slots(out: Path) -> set[tuple[int, int]]:
+    return {(int(b.id[4:]), s) for b in folder_books(out) for s in range(b.slots)}
 
 
 @pytest.mark.parametrize("layout", ["semantic", "interleaved", "prefix", "flat"])
@@ -87,7 +87,7 @@ def test_windows_hold_only_training_slots_of_both_streams_in_step(folder, layout
     shards = TokenShards.open(cfg(layout), manifest, out)
     assert shards.layout.streams == {"flat": ("acoustic",), "semantic": ("semantic",)}.get(layout, TWO)
     block = 8 * shards.layout.unit_tokens  # 8 slots (flat: 8 frames)
-    val, train = held_slots(shards), all_slots(manifest) - held_slots(shards)
+    val, train = held_slots(shards), all_slots(out) - held_slots(shards)
     assert val and train
     seen, packed = set(), False
     for epoch in range(2):
@@ -169,7 +169,7 @@ def rewrite(out: Path, manifest: Manifest, stream: str, shard: int, edit) -> Pat
 
 def read_all(out: Path, manifest: Manifest, layout: str = "interleaved"):
     shards = TokenShards.open(cfg(layout), manifest, out)
-    return list(shards.token_stream(shards.urls, "train")) + list(shards.token_stream(shards.urls, "val"))
+    return list(shards.token_stream(shards.train, "train")) + list(shards.token_stream(shards.val, "val"))
 
 
 def test_a_layout_needing_a_stream_the_folder_lacks_is_refused(tmp_path):

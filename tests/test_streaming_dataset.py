@@ -25,7 +25,7 @@ from narrator.tokenfolder.split import held_out_slots
 from narrator.tokenfolder.manifest import ACOUSTIC, Manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_token_folder  # noqa: E402
+from conftest import folder_books, make_token_folder  # noqa: E402
 
 FRAME_RATE = 75
 BLOCK = 63  # windows of 64 tokens = 16 frames, cut every 64 tokens
@@ -99,17 +99,18 @@ def cfg(**kw) -> DataConfig:
                          "num_workers": 0, **kw})
 
 
-def held_out(manifest: Manifest) -> dict[int, tuple[int, int]]:
-    """Book index -> its held-out frames, as the loaders get them."""
-    return {int(book[4:]): (3 * a, 3 * b) for book, (a, b) in held_out_slots(manifest.books, cfg().split_of(manifest.split)).items()}
+def held_out(out: Path) -> dict[int, tuple[int, int]]:
+    """Book index -> its held-out frames, as the loaders get them (cfg() re-derives the folder's split)."""
+    split = cfg().split_of(Manifest.load(out).split)
+    return {int(book[4:]): (3 * a, 3 * b) for book, (a, b) in held_out_slots(folder_books(out), split).items()}
 
 
-def all_frames(manifest: Manifest) -> set[tuple[int, int]]:
-    return {(int(b.id[4:]), f) for b in manifest.books for f in range(3 * b.slots)}
+def all_frames(out: Path) -> set[tuple[int, int]]:
+    return {(int(b.id[4:]), f) for b in folder_books(out) for f in range(3 * b.slots)}
 
 
-def val_set(manifest: Manifest) -> set[tuple[int, int]]:
-    return {(b, f) for b, (start, end) in held_out(manifest).items() for f in range(start, end)}
+def val_set(out: Path) -> set[tuple[int, int]]:
+    return {(b, f) for b, (start, end) in held_out(out).items() for f in range(start, end)}
 
 
 def test_data_vocab_is_the_codes_plus_one_boundary_token(folder):
@@ -121,19 +122,19 @@ def test_data_vocab_is_the_codes_plus_one_boundary_token(folder):
 
 
 def test_the_fixture_has_long_books_short_recordings_and_both_splits(folder):
-    _, manifest = folder
-    windows = held_out(manifest)
-    assert 0 < windows[0][0] < windows[0][1] < 3 * manifest.books[0].slots  # long: a mid-book window
-    assert 0 < windows[1][0] < windows[1][1] < 3 * manifest.books[1].slots
+    books = folder_books(folder[0])
+    windows = held_out(folder[0])
+    assert 0 < windows[0][0] < windows[0][1] < 3 * books[0].slots  # long: a mid-book window
+    assert 0 < windows[1][0] < windows[1][1] < 3 * books[1].slots
     short = {b: windows[b] for b in range(2, len(BOOKS))}
     assert any(w == (0, 0) for w in short.values()) and any(w[0] == 0 and w[1] > 0 for w in short.values())
-    assert all(w in ((0, 0), (0, 3 * manifest.books[b].slots)) for b, w in short.items())  # short: all or nothing
+    assert all(w in ((0, 0), (0, 3 * books[b].slots)) for b, w in short.items())  # short: all or nothing
 
 
 def test_train_batches_never_touch_a_held_out_frame(folder):
     loader = one_folder_train_loader(cfg(), folder[1], folder[0], BLOCK, batch_size=8, rank=0, world_size=1, seed=1)
     it = iter(loader)
-    val, seen, crossed_chunks, packed = val_set(folder[1]), set(), False, False
+    val, seen, crossed_chunks, packed = val_set(folder[0]), set(), False, False
     for _ in range(60):  # 480 windows: several epochs of the ~300 train windows
         x, y, *_ = next(it)
         assert x.shape == y.shape == (8, BLOCK) and x.dtype == y.dtype == torch.int64
@@ -148,12 +149,12 @@ def test_train_batches_never_touch_a_held_out_frame(folder):
             packed |= len({b for b, _ in runs(window)}) > 1
     assert crossed_chunks, "no window crossed a chunk boundary"
     assert packed, "no window packed two recordings"
-    assert seen == all_frames(folder[1]) - val  # every training frame was seen
+    assert seen == all_frames(folder[0]) - val  # every training frame was seen
 
 
 def test_boundary_frames_are_whole_and_between_runs_only(folder):
     shards = TokenShards.open(cfg(), folder[1], folder[0])
-    stream = np.concatenate(list(shards.token_stream(shards.urls, "train")))
+    stream = np.concatenate(list(shards.token_stream(shards.train, "train")))
     frames = stream.reshape(-1, 4)
     is_boundary = frames == LAYOUT.boundary_token
     assert (is_boundary.all(axis=1) | ~is_boundary.any(axis=1)).all()  # whole frames only
@@ -165,23 +166,23 @@ def test_boundary_frames_are_whole_and_between_runs_only(folder):
 def test_slots_of_2_ranks_x_2_workers_partition_the_tokens(tmp_path, seconds, per_shard):
     manifest = write_tokens(tmp_path, seconds, per_shard)
     shards = TokenShards.open(cfg(), manifest, tmp_path)
-    val = stream_frames(shards.token_stream(shards.urls, "val"))
+    val = stream_frames(shards.token_stream(shards.val, "val"))
     for epoch in range(3):
         taken = list(val)
         for slot in range(4):
-            order, keep = slot_plan(shards.shard_samples, 5, epoch, slot, 4)
-            share = stream_frames(shards.token_stream([shards.urls[i] for i in order], "train", keep))
+            order, keep = slot_plan([shards.shard_samples[i] for i in shards.train], 5, epoch, slot, 4)
+            share = stream_frames(shards.token_stream([shards.train[i] for i in order], "train", keep))
             assert share, f"slot {slot} got no data in epoch {epoch}"
             taken += share
-        assert len(taken) == len(set(taken)) and set(taken) == all_frames(manifest)  # every frame exactly once
+        assert len(taken) == len(set(taken)) and set(taken) == all_frames(tmp_path)  # every frame exactly once
         for rank in range(2):  # and the windows each slot cuts stay inside its share
             ds = TrainWindows(shards, BLOCK, rank, 2, workers=2, seed=5, shuffle_buffer=8)
             for worker in range(2):
-                order, keep = slot_plan(shards.shard_samples, 5, epoch, rank * 2 + worker, 4)
-                share = set(stream_frames(shards.token_stream([shards.urls[i] for i in order], "train", keep)))
+                order, keep = slot_plan([shards.shard_samples[i] for i in shards.train], 5, epoch, rank * 2 + worker, 4)
+                share = set(stream_frames(shards.token_stream([shards.train[i] for i in order], "train", keep)))
                 assert frames_of(w.tokens for w in ds.epoch(epoch, worker, rank * 2 + worker, 4)) <= share
     fallback = TrainWindows(shards, BLOCK, 1, 2, workers=2, seed=5, shuffle_buffer=8).epoch(0, 1, 3, 4, read_all=True)
-    assert len(frames_of(w.tokens for w in fallback)) > 0.9 * len(all_frames(manifest) - set(val))  # reads it all
+    assert len(frames_of(w.tokens for w in fallback)) > 0.9 * len(all_frames(tmp_path) - set(val))  # reads it all
 
 
 def test_slot_plan_keeps_contiguous_runs_when_shards_are_fewer_than_slots():
@@ -205,7 +206,7 @@ def test_every_token_is_in_a_window_but_one_partial_window_per_slot(folder):
         windows = list(ds.epoch(epoch, 0, 0, 1))
         [report] = [w.coverage for w in windows if w.coverage is not None]
         assert windows[-1].coverage is report and report.epoch == epoch
-        train = all_frames(folder[1]) - val_set(folder[1])
+        train = all_frames(folder[0]) - val_set(folder[0])
         assert report.tokens == 4 * len(train)
         assert report.covered == 4 * len(frames_of(w.tokens for w in windows))
         assert report.tokens - report.covered < block + 1  # at most one partial window lost
@@ -221,17 +222,19 @@ def test_block_2048_uses_99_percent_of_200_short_recordings_and_two_long_books(t
     manifest = Manifest.load(tmp_path)
     data = DataConfig(manifest=str(tmp_path))  # the defaults: val_fraction 0.05, long books from 60 s
     shards = TokenShards.open(data, manifest, tmp_path)
-    held = {book: (3 * a, 3 * b) for book, (a, b) in shards.val_slots.items()}  # in acoustic frames
-    short = [b for b in manifest.books if b.duration_s < 60]
+    books = folder_books(tmp_path)
+    assert shards.val_slots is None  # the folder's own split: each book's held-out slots come with its shard
+    held = {b.id: (3 * b.held_out[0], 3 * b.held_out[1]) for b in books}  # in acoustic frames
+    short = [b for b in books if b.duration_s < 60]
     assert 0 < sum(held[b.id] == (0, 3 * b.slots) for b in short) < 30
-    assert all(0 < held[b.id][0] < held[b.id][1] < 3 * b.slots for b in manifest.books if b.duration_s >= 60)
+    assert all(0 < held[b.id][0] < held[b.id][1] < 3 * b.slots for b in books if b.duration_s >= 60)
     for workers in (1, 4):  # gpu16gb.yaml runs 4 workers
         coverage = window_coverage(shards, 2048, epoch=0, workers=workers, seed=1)
         print(f"\nblock 2048, {workers} worker(s): {coverage.share:.2%} of {coverage.tokens:,} training tokens "
               "landed in a window")
         assert coverage.share >= 0.99
     windows = [w.tokens for w in TrainWindows(shards, 2048, 0, 1, 1, 1, 0).epoch(0, 0, 0, 1)]
-    assert not frames_of(windows) & {(int(b.id[4:]), f) for b in manifest.books
+    assert not frames_of(windows) & {(int(b.id[4:]), f) for b in books
                                      for f in range(*held[b.id])}
 
 
@@ -272,7 +275,7 @@ def test_val_loader_is_deterministic_and_holds_only_val_frames(folder):
     assert len(first) == len(second) > 0
     assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(first, second))
     windows = [np.concatenate([row_x, row_y[-1:]]) for x, y in first for row_x, row_y in zip(x.numpy(), y.numpy())]
-    assert frames_of(windows) <= val_set(folder[1])
+    assert frames_of(windows) <= val_set(folder[0])
 
 
 def test_val_windows_are_shared_between_ranks(folder):
@@ -289,7 +292,7 @@ def test_val_windows_are_shared_between_ranks(folder):
 
 def test_no_window_fits_is_an_error_not_a_hang(folder):
     shards = TokenShards.open(cfg(), folder[1], folder[0])
-    too_long = 4 * sum(3 * b.slots for b in folder[1].books)
+    too_long = 4 * sum(3 * b.slots for b in folder_books(folder[0]))
     with deadline(60), pytest.raises(NarratorError, match="fill no window"):
         next(iter(TrainWindows(shards, too_long, 0, 1, workers=1, seed=0, shuffle_buffer=8)))
     with pytest.raises(NarratorError, match="fill no validation window"):

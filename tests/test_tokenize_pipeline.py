@@ -24,6 +24,9 @@ from narrator.tokenizers.inspect import inspect_tokens
 from narrator.tokenfolder.manifest import Manifest
 from narrator.tokenizers.pipeline import ChunkEncoderActor, resolve_inputs, tokenize
 from narrator.tokenfolder.shards import decode_npy, file_sha256
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import book_shards, folder_books, shard_books  # noqa: E402
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
@@ -76,17 +79,22 @@ def read_shard(path: Path) -> dict[str, dict]:
     return samples
 
 
-def test_books_share_shards_in_input_order(first_run, checkpoint):
+def test_books_share_shards_in_input_order_and_held_out_recordings_get_their_own(first_run, checkpoint):
     cfg, out, inputs, report, _ = first_run
     # The silent book is planned from its header (shard 3) and found silent by the actors: that shard is an empty tar.
     assert report.added == ["a", "b", "short", "silent"] and report.chunks_encoded == 11 and report.shards_written == 4
     m = Manifest.load(out)
-    assert [(b.id, b.chunks, b.slots, b.shards) for b in m.books] == [
-        ("a", 4, 175, [0, 1]), ("b", 3, 125, [1, 2]), ("short", 1, 25, [2])]
-    # a0 a1 | a2 a3 b0 | b1 b2 short0: each shard as full as ~9 KB allows
-    assert [(s.index, s.books, s.samples) for s in m.shards] == [(0, ["a"], 2), (1, ["a", "b"], 3), (2, ["b", "short"], 3)]
+    shards = book_shards(out)
+    assert [(b.id, b.chunks, b.slots, shards[b.id], b.held_out) for b in folder_books(out)] == [
+        ("a", 4, 175, [0, 1], (0, 0)), ("short", 1, 25, [1], (0, 0)), ("b", 3, 125, [3], (0, 125))]
+    # a0 a1 | a2 a3 short0 | silent0 (an empty tar) | b0 b1 b2: each shard as full as ~9 KB allows; b, the short
+    # recording held out whole (all are under long_book_seconds: none has an id_hash < 0.05, so the smallest's is),
+    # last, in a shard of its own
+    assert [(s.index, shard_books(out)[s.index], s.samples, s.train_slots, s.val_slots) for s in m.shards] == [
+        (0, ["a"], 2, 100, 0), (1, ["a", "short"], 3, 100, 0), (3, ["b"], 3, 0, 125)]
     files = [s.files["acoustic"] for s in m.shards]
-    assert [(f.path, f.tokens) for f in files] == [(f"shards/acoustic/{i:06d}.tar", t) for i, t in enumerate([1200, 1500, 1200])]
+    assert [(f.path, f.tokens) for f in files] == [(f"shards/acoustic/{i:06d}.tar", t)
+                                                   for i, t in zip([0, 1, 3], [1200, 1200, 1500])]
     assert all(f.sha256 == file_sha256(out / f.path) and f.bytes == (out / f.path).stat().st_size for f in files)
     assert m.total_tokens == (525 + 375 + 75) * 4 == report.tokens and m.pending == []
     assert [s.name for s in m.streams] == ["acoustic"]
@@ -113,8 +121,8 @@ def test_bad_books_are_one_line_each_naming_the_path_given(first_run):
 def test_shards_hold_each_chunks_tokens(first_run):
     cfg, out, inputs, _, _ = first_run
     tokenizer = EncodecTokenizer(cfg.encodec)
-    samples = {k: v for i in range(3) for k, v in read_shard(out / f"shards/acoustic/{i:06d}.tar").items()}
-    assert list(samples) == [f"a/{c:06d}" for c in range(4)] + [f"b/{c:06d}" for c in range(3)] + ["short/000000"]
+    samples = {k: v for i in (0, 1, 3) for k, v in read_shard(out / f"shards/acoustic/{i:06d}.tar").items()}
+    assert list(samples) == [f"a/{c:06d}" for c in range(4)] + ["short/000000"] + [f"b/{c:06d}" for c in range(3)]
     same = []
     for source, book, duration in [(inputs[1], "b", 5.0), (inputs[2], "short", 1.0)]:
         for spec in plan_chunks(book, duration, cfg.chunking):
@@ -131,10 +139,12 @@ def test_shards_hold_each_chunks_tokens(first_run):
 
 def test_a_rerun_does_nothing(first_run):
     cfg, out, inputs, _, _ = first_run
-    before, plan = shard_mtimes(out), (out / "plan.json").read_bytes()
+    index = {p: (p.read_bytes(), p.stat().st_mtime_ns) for folder in ("plan", "index") for p in (out / folder).iterdir()}
+    before = shard_mtimes(out)
     report = tokenize(cfg, out, inputs)
     assert report.added == [] and report.chunks_encoded == 0 and report.shards_written == 0 and len(report.failed) == 5
-    assert shard_mtimes(out) == before and (out / "plan.json").read_bytes() == plan
+    assert shard_mtimes(out) == before  # and the plan's parts and the shards' book indexes are left alone
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for folder in ("plan", "index") for p in (out / folder).iterdir()} == index
 
 
 def test_a_killed_run_resumes_with_the_missing_shard_only(first_run):
@@ -168,11 +178,11 @@ def test_new_books_are_appended_in_new_shards(first_run, tmp_path, speech_wav):
     assert report.added == ["c", "d"] and report.shards_written == 1 and report.chunks_encoded == 3
     assert {k: v for k, v in shard_mtimes(copy).items() if k in before} == before
     m = Manifest.load(copy)
-    assert [b.id for b in m.books] == ["a", "b", "short", "c", "d"]
+    assert [b.id for b in folder_books(copy)] == ["a", "short", "b", "c", "d"]
     # shard 3 is the silent book's empty tar
-    assert (m.shards[-1].files["acoustic"].path, m.shards[-1].books) == ("shards/acoustic/000004.tar", ["c", "d"])
+    assert (m.shards[-1].files["acoustic"].path, shard_books(copy)[4]) == ("shards/acoustic/000004.tar", ["c", "d"])
     report = tokenize(cfg, copy, more)  # the earlier books need not be named again
-    assert report.added == [] and report.shards_written == 0 and len(Manifest.load(copy).books) == 5
+    assert report.added == [] and report.shards_written == 0 and Manifest.load(copy).books == 5
 
 
 def test_other_settings_or_weights_are_refused(first_run, tmp_path):
@@ -228,13 +238,13 @@ def test_inspect_summarizes_and_flags_damaged_shards(first_run, tmp_path):
     assert "weights: pretrained from" in text
     assert "failed:    5" in text and "check:     every shard file present" in text
     assert "shards:    3 written, 0 pending" in text
-    assert any(line.split()[:5] == ["2", "2", "books", "3", "chunks"] and "shards/acoustic/000002.tar" in line
+    assert any(line.split()[:5] == ["1", "2", "books", "3", "chunks"] and "shards/acoustic/000001.tar" in line
                for line in text.splitlines())
     (copy / "shards/acoustic/000000.tar").unlink()
-    with open(copy / "shards/acoustic/000002.tar", "r+b") as f:
+    with open(copy / "shards/acoustic/000003.tar", "r+b") as f:
         f.truncate(100)
     summary = json.loads(inspect_tokens(copy / "manifest.json", as_json=True))
-    assert [p["path"] for p in summary["shard_problems"]] == ["shards/acoustic/000000.tar", "shards/acoustic/000002.tar"]
+    assert [p["path"] for p in summary["shard_problems"]] == ["shards/acoustic/000000.tar", "shards/acoustic/000003.tar"]
     assert summary["shard_problems"][0]["problem"] == "missing" and "truncated" in summary["shard_problems"][1]["problem"]
     assert "PROBLEMS:  2 shard files" in inspect_tokens(copy)
 
@@ -266,8 +276,9 @@ def test_tokenizes_twenty_seconds_of_a_real_recording_with_random_weights(tmp_pa
     report = tokenize(cfg, tmp_path / "tokens", [str(catalog)], allow_outside_root=True)  # absolute paths
     m = Manifest.load(tmp_path / "tokens")
     assert report.added == ["LJ001-0001", "LJ001-0002", "LJ001-0003"] and m.failed == []
-    assert [b.chunks for b in m.books] == [3, 1, 3]  # the 1.9 s utterance is one short chunk
-    assert sum(b.duration_s for b in m.books) > 21
+    chunks = {b.id: b.chunks for b in folder_books(tmp_path / "tokens")}
+    assert chunks == {"LJ001-0001": 3, "LJ001-0002": 1, "LJ001-0003": 3}  # the 1.9 s utterance is one short chunk
+    assert m.seconds > 21
     codes = np.concatenate([s["acoustic.npy"] for shard in m.shards
                             for s in read_shard(tmp_path / "tokens" / shard.files["acoustic"].path).values()], axis=1)
     distinct = [len(np.unique(row)) for row in codes]
@@ -283,8 +294,7 @@ def test_inspect_shows_the_validation_window_of_each_book(first_run, capsys):
                  "--set", "data.long_book_seconds=4"]) == 0
     text = capsys.readouterr().out
     assert "2 books of >= 4 s hold out 25% centred at 50%" in text and "of 1 shorter recordings are held out whole" in text
-    manifest = Manifest.load(out)
-    book = manifest.books[0]
+    book = folder_books(out)[0]
     start, end = (book.duration_s * 0.375, book.duration_s * 0.625)
     line = next(line for line in text.splitlines() if line.split()[:1] == [book.id])
     shown = line.split("val ", 1)[1].removesuffix(" s")
@@ -312,6 +322,28 @@ def test_a_damaged_mp3_is_tokenized_with_one_line_naming_it_and_none_of_the_deco
     assert warnings[1].startswith("warning: 1 more books with damaged MP3 data, tokenized as decoded (all 2 are listed")
     assert not [line for line in lines if ("libmpg123" in line or "Note: " in line) and not line.startswith("warning:")]
     manifest = Manifest.load(tmp_path / "tokens")
-    assert [b.id for b in manifest.books] == ["damaged", "clean", "again"]
-    assert [Path(w.source).name for w in manifest.warnings] == ["damaged.mp3", "again.mp3"]
+    books = folder_books(tmp_path / "tokens")
+    assert [b.id for b in books] == ["damaged", "again", "clean"] and manifest.warned == 2  # clean: held out, last
+    assert [Path(b.source).name for b in books if b.warning] == ["damaged.mp3", "again.mp3"]
     assert "warnings:  2" in inspect_tokens(tmp_path / "tokens") and f"  {again}: damaged MP3 data" in inspect_tokens(tmp_path / "tokens")
+
+
+def test_a_token_folder_of_the_previous_format_is_refused_in_one_line_naming_the_fix(first_run, tmp_path):
+    cfg, out, inputs, _, _ = first_run
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((out / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": "narrator-tokens/2"}))
+    (old / "plan.json").write_text('{"books": [], "shards": [], "format": "narrator-plan/1"}\n')
+    fix = "re-tokenize its audio into a new --out folder with this version"
+    with pytest.raises(NarratorError) as raised:
+        tokenize(cfg, old, inputs[:1])
+    assert str(raised.value).startswith(f"{old / 'manifest.json'}: token folder format 'narrator-tokens/2' is not "
+                                        "'narrator-tokens/3'") and fix in str(raised.value)
+    assert "\n" not in str(raised.value) and not (old / "plan").exists()  # nothing written
+    from narrator.cli import main
+    assert main(["inspect", str(old)]) == 1
+    (old / "manifest.json").unlink()  # a run killed before its first manifest: the old plan says what it is
+    with pytest.raises(NarratorError, match=f"^{old / 'plan.json'}: a token folder of format narrator-tokens/2 .*{fix}"):
+        tokenize(cfg, old, inputs[:1])
+    assert sorted(p.name for p in old.iterdir()) == ["plan.json"]

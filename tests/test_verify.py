@@ -58,7 +58,7 @@ def test_verify_names_exactly_the_shard_with_a_flipped_byte_and_exits_3(folder):
     bad, summary = result.stderr.splitlines()
     assert bad.startswith(f"{folder}/shards/acoustic/000003.tar: sha256 ")
     assert bad.endswith("bytes (same size: changed in place)")
-    assert summary.startswith(f"1 of 8 files fail verification against {folder / 'manifest.json'}")
+    assert summary.startswith(f"1 of 16 files fail verification against {folder / 'manifest.json'}")
 
 
 def test_verify_names_every_bad_shard_missing_and_truncated_too(folder, capsys):
@@ -73,7 +73,7 @@ def test_verify_names_every_bad_shard_missing_and_truncated_too(folder, capsys):
     entry = Manifest.load(folder).shards[6].files[ACOUSTIC]
     assert lines[2].endswith(f"missing (manifest says {entry.bytes:,} bytes, sha256 {entry.sha256[:12]}...)")
     assert " in 1,000 bytes, manifest says " in lines[3]
-    assert lines[-1].startswith("4 of 8 files fail verification")
+    assert lines[-1].startswith("4 of 16 files fail verification")
 
 
 def test_the_loader_refuses_a_changed_shard_when_it_has_read_it(folder):
@@ -83,9 +83,9 @@ def test_the_loader_refuses_a_changed_shard_when_it_has_read_it(folder):
     shards = TokenShards.open(data, manifest, root)
     first = shards.urls[0]
     # Read only in part (a slot's share may end inside a shard): no alarm, the bytes were not all seen.
-    assert sum(len(t) for t in shards.token_stream([first], "train", slice(0, 1))) > 0
+    assert sum(len(t) for t in shards.token_stream([0], "train", slice(0, 1))) > 0
     with pytest.raises(NarratorError) as raised:
-        list(shards.token_stream([first], "train"))
+        list(shards.token_stream([0], "train"))
     expected = (f"shard {first[ACOUSTIC].url}: sha256 mismatch (manifest says "
                 f"{manifest.shards[0].files[ACOUSTIC].sha256[:12]}..., read ")
     assert str(raised.value).startswith(expected) and "\n" not in str(raised.value)
@@ -97,14 +97,15 @@ def test_the_loader_refuses_a_changed_shard_when_it_has_read_it(folder):
 
 
 def test_training_refuses_a_changed_shard_with_one_line(folder, tmp_path, capsys):
-    flip_byte(shard_path(folder, 5))
+    held = next(s.index for s in Manifest.load(folder).shards if s.val_slots)
+    flip_byte(shard_path(folder, held))
     argv = ["--config", str(TINY), "--set", f"data.manifest={folder}", "--set", f"out={tmp_path / 'run'}",
             "--set", "max_steps=2"]
     assert run.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("narrator train: error: shard ")
-    assert f"{(folder / 'shards/acoustic/000005.tar').resolve()}: sha256 mismatch" in err[0]
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # before the first step: validation reads every shard
+    assert f"{(folder / f'shards/acoustic/{held:06d}.tar').resolve()}: sha256 mismatch" in err[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # before the first step: validation reads its shards
 
 
 def test_verify_checks_the_k_means_arrays_the_manifest_records(tmp_path, capsys):
@@ -130,4 +131,16 @@ def test_verify_checks_the_k_means_arrays_the_manifest_records(tmp_path, capsys)
     assert cli.main(["inspect", "--verify", str(folder)]) == VERIFY_FAILED
     bad, summary = capsys.readouterr().err.splitlines()
     assert bad.startswith(f"{folder / 'kmeans/semantic.json'}: {centroids}: sha256 ")
-    assert bad.endswith("recorded in semantic.json") and summary.startswith("1 of 9 files fail verification")
+    assert bad.endswith("recorded in semantic.json") and summary.startswith("1 of 13 files fail verification")
+
+
+def test_a_changed_book_index_is_named_by_verify_and_refused_by_the_loader(folder, capsys):
+    manifest, root = open_folder(folder)
+    index = folder / manifest.shards[2].books.path
+    index.write_text(index.read_text().replace('"held_out":[0,0]', '"held_out":[0,1]', 1) + "\n")
+    assert cli.main(["inspect", "--verify", str(folder)]) == VERIFY_FAILED
+    bad, summary = capsys.readouterr().err.splitlines()
+    assert bad.startswith(f"{folder}/index/000002.jsonl: sha256 ") and summary.startswith("1 of ")
+    shards = TokenShards.open(DataConfig(manifest=str(folder)), manifest, root)
+    with pytest.raises(NarratorError, match=f"^{index}: book index sha256 mismatch \\(the file changed after tokenize\\)"):
+        list(shards.token_stream([2], "train"))

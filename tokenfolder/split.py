@@ -7,9 +7,10 @@ of their id (the same on every machine and every run). Both are a held-out range
 per book, the same stretch of time for every token stream (a slot is 3 EnCodec frames, 2 Whisper
 frames), so one code path cuts chunks. Frames are absolute positions in the book.
 
-The split is the token folder's: fixed at tokenize time (the k-means of a semantic stream is fit
-away from it) and recorded in manifest.json. A training config may ask for another; it is then
-re-derived from these rules, with one line saying so.
+The split is the token folder's: fixed at tokenize time, for each book as it is planned (the k-means
+of a semantic stream is fit away from it), and recorded with the book in its shard's index. A
+training config may ask for another; it is then re-derived from these rules over all the books,
+with one line saying so.
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from narrator.errors import ConfigError
 from narrator.tokenfolder.shards import ChunkRecord
-
-if TYPE_CHECKING:  # manifest.py records a folder's SplitConfig
-    from narrator.tokenfolder.manifest import BookEntry
 
 
 @dataclass(frozen=True)
@@ -86,20 +84,36 @@ def id_hash(book_id: str) -> float:
     return int(hashlib.sha256(book_id.encode()).hexdigest()[:16], 16) / 2**64
 
 
-def held_out_slots(books: Sequence[BookEntry], cfg: SplitConfig) -> dict[str, tuple[int, int]]:
+class Recording(Protocol):
+    id: str
+    duration_s: float
+    slots: int
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What a folder's plan held before the books now added: their split is fixed and never revised."""
+
+    books: int = 0
+    short_held_out: int = 0  # short recordings held out whole
+
+
+def held_out_slots(books: Sequence[Recording], cfg: SplitConfig, before: Planned = Planned()) -> dict[str, tuple[int, int]]:
     """Each book's held-out slots [start, end): a mid-book window, the whole recording, or (0, 0).
 
     Books of at least `cfg.long_book_seconds` get `val_window`. Shorter recordings are held out
-    whole when id_hash < val_fraction; if that picks none of two or more, the one with the smallest
-    hash is, so a corpus of short clips always has validation data. A lone short recording with no
-    long book beside it gets a mid window (holding it out whole would leave nothing to train on).
+    whole when id_hash < val_fraction; if that picks none of two or more and the folder holds none
+    `before`, the one with the smallest hash is, so a corpus of short clips always has validation
+    data. A lone short recording in an empty folder gets a mid window (holding it out whole would
+    leave nothing to train on). `before`: books added to a folder are split among themselves, so
+    the books already there keep their split.
     """
     long = [b for b in books if b.duration_s >= cfg.long_book_seconds]
     short = sorted((b for b in books if b.duration_s < cfg.long_book_seconds), key=lambda b: id_hash(b.id))
     held = {b.id for b in short if id_hash(b.id) < cfg.val_fraction}
-    if not held and len(short) >= 2:
+    if not held and len(short) >= 2 and not before.short_held_out:
         held = {short[0].id}
-    if not long and len(short) == 1:
+    if not long and len(short) == 1 and not before.books:
         long, short = short, []
     windows = {b.id: val_window(b.slots, cfg.val_center, cfg.val_fraction) for b in long}
     windows.update({b.id: (0, b.slots) if b.id in held else (0, 0) for b in short})

@@ -1,7 +1,8 @@
 """`narrator inspect`: what a token folder holds, from its manifest, plus a check that the shards are intact.
 
 The split shown is the folder's own, or the one a training run re-derives with the given `data:` split keys.
-`--verify` reads every file the manifest lists and compares it with the checksums recorded at tokenize time.
+`--verify` reads every file the manifest lists (shards, book indexes) and compares it with the checksums recorded
+at tokenize time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ def inspect_tokens(path: str | Path, as_json: bool = False, split_overrides: dic
     """Summary of a token folder (or its manifest.json), local or at a URL, as text, or as JSON with `as_json`."""
     manifest = Manifest.load(path)
     root = token_folder(path)
-    summary = _summary(root, manifest, manifest.split.with_overrides(split_overrides or {}), _sizes(root, manifest))
+    summary = _summary(root, manifest, manifest.split.with_overrides(split_overrides or {}), _sizes(root, manifest),
+                       None if as_json else SHOWN)
     return json.dumps(summary, indent=1) if as_json else _text(summary)
 
 
@@ -63,12 +65,30 @@ def _stream_stats(root: Path | storage.URL, m: Manifest, info: StreamInfo, sizes
             "entropy_bits": [float(e) for e in entropy], "max_entropy_bits": float(np.log2(info.codebook_size))}
 
 
-def _val_seconds(m: Manifest, data: SplitConfig) -> dict[str, tuple[float, float]]:
-    """Each book's held-out stretch in seconds ((0, 0) for a recording that is all training)."""
-    return {book: (start * SLOT_SECONDS, end * SLOT_SECONDS) for book, (start, end) in held_out_slots(m.books, data).items()}
+def _books(root: Path | storage.URL, m: Manifest, data: SplitConfig, listed: int | None) -> dict[str, Any]:
+    """The split's figures, the warnings and the first `listed` books (None: all), from every shard's book index."""
+    rederive = data != m.split
+    books = list(m.iter_books(root)) if rederive else m.iter_books(root)
+    held = held_out_slots(books, data) if rederive else None
+    long_books = short_held = 0
+    val_seconds = 0.0
+    per_book, warnings = [], []
+    for b in books:
+        start, end = held[b.id] if held is not None else b.held_out
+        long_books += b.duration_s >= data.long_book_seconds
+        short_held += b.duration_s < data.long_book_seconds and end > start
+        val_seconds += (end - start) * SLOT_SECONDS
+        if listed is None or len(per_book) < listed:
+            per_book.append({"id": b.id, "source": b.source, "duration_s": b.duration_s, "chunks": b.chunks,
+                             "val_s": [start * SLOT_SECONDS, end * SLOT_SECONDS]})
+        if b.warning:
+            warnings.append({"source": b.source, "warning": b.warning})
+    return {"long_books": long_books, "short_held_out": short_held, "val_seconds": val_seconds,
+            "per_book": per_book, "warnings": warnings}
 
 
-def _summary(root: Path | storage.URL, m: Manifest, data: SplitConfig, sizes: dict[str, int]) -> dict[str, Any]:
+def _summary(root: Path | storage.URL, m: Manifest, data: SplitConfig, sizes: dict[str, int],
+             listed: int | None) -> dict[str, Any]:
     problems = []
     for shard in m.shards:
         for file in shard.files.values():
@@ -77,11 +97,8 @@ def _summary(root: Path | storage.URL, m: Manifest, data: SplitConfig, sizes: di
             elif sizes[file.path] != file.bytes:
                 problems.append({"path": file.path, "problem": f"size {sizes[file.path]} bytes, manifest says "
                                  f"{file.bytes} (truncated or rewritten)"})
-    hours = sum(b.duration_s for b in m.books) / 3600
-    val = _val_seconds(m, data)
-    val_total = sum(end - start for start, end in val.values())
-    long_books = sum(b.duration_s >= data.long_book_seconds for b in m.books)
-    held_out = sum(b.duration_s < data.long_book_seconds and val[b.id][1] > 0 for b in m.books)
+    hours = m.seconds / 3600
+    books = _books(root, m, data, listed)
     return {
         "folder": str(root / MANIFEST_NAME),
         "format": m.format,
@@ -91,22 +108,21 @@ def _summary(root: Path | storage.URL, m: Manifest, data: SplitConfig, sizes: di
                      "tokens_per_hour": m.tokens(t.name) / hours if hours else 0.0,
                      "bytes": sum(s.files[t.name].bytes for s in m.shards if t.name in s.files),
                      "kmeans": t.kmeans, "stats": _stream_stats(root, m, t, sizes)} for t in m.streams],
-        "books": len(m.books),
+        "books": m.books,
         "hours": hours,
-        "chunks": sum(b.chunks for b in m.books),
+        "chunks": sum(s.samples for s in m.shards),
         "shards": len(m.shards),
         "pending_shards": list(m.pending),
         "tokens": m.total_tokens,
         "split": {"val_center": data.val_center, "val_fraction": data.val_fraction,
-                  "long_book_seconds": data.long_book_seconds, "long_books": long_books,
-                  "short_held_out": held_out, "short_books": len(m.books) - long_books,
-                  "val_seconds": val_total, "train_seconds": sum(b.duration_s for b in m.books) - val_total},
-        "per_book": [{"id": b.id, "source": b.source, "duration_s": b.duration_s, "chunks": b.chunks,
-                      "shards": len(b.shards), "val_s": list(val[b.id])} for b in m.books],
-        "per_shard": [{"index": s.index, "books": len(s.books), "samples": s.samples,
+                  "long_book_seconds": data.long_book_seconds, "long_books": books["long_books"],
+                  "short_held_out": books["short_held_out"], "short_books": m.books - books["long_books"],
+                  "val_seconds": books["val_seconds"], "train_seconds": m.seconds - books["val_seconds"]},
+        "per_book": books["per_book"],
+        "per_shard": [{"index": s.index, "books": s.books.pieces, "samples": s.samples,
                        "files": {name: to_dict(f) for name, f in s.files.items()}} for s in m.shards],
         "failed": [to_dict(f) for f in m.failed],
-        "warnings": [to_dict(w) for w in m.warnings],
+        "warnings": books["warnings"],
         "shard_problems": problems,
     }
 
@@ -146,9 +162,9 @@ def _text(s: dict[str, Any]) -> str:
     width = max((len(b["id"]) for b in books[:SHOWN]), default=0)
     for b in books[:SHOWN]:
         val = (f"val {b['val_s'][0]:.2f}-{b['val_s'][1]:.2f} s" if b["val_s"][1] > b["val_s"][0] else "train")
-        lines.append(f"  {b['id']:<{width}}  {b['duration_s']:9.2f} s  {b['chunks']:5d} chunks  {b['shards']:3d} shards  {val}")
-    if len(books) > SHOWN:
-        lines.append(f"  ... and {len(books) - SHOWN} more books (--json lists all)")
+        lines.append(f"  {b['id']:<{width}}  {b['duration_s']:9.2f} s  {b['chunks']:5d} chunks  {val}")
+    if s["books"] > SHOWN:
+        lines.append(f"  ... and {s['books'] - SHOWN} more books (--json lists all)")
     lines.append(f"shards:    {s['shards']} written, {len(s['pending_shards'])} pending")
     for sh in s["per_shard"][:SHOWN]:
         files = "  ".join(f"{f['path']} {f['bytes'] / 1e6:.2f} MB" for f in sh["files"].values())
@@ -194,21 +210,22 @@ class Verification:
     shards: list[FileCheck]
     side_files: list[FileCheck]  # random-init weights, k-means arrays
     seconds: float
+    indexes: list[FileCheck] = field(default_factory=list)  # the shards' book indexes
 
     @property
     def bad(self) -> list[FileCheck]:
-        return [c for c in self.shards + self.side_files if c.problem is not None]
+        return [c for c in self.shards + self.indexes + self.side_files if c.problem is not None]
 
     def lines(self) -> tuple[list[str], str]:
         """One line per bad file, and the summary line."""
         mb = sum(c.bytes for c in self.shards) / 1e6
-        side = (f" and {len(self.side_files)} side file{'s' if len(self.side_files) != 1 else ''}"
-                if self.side_files else "")
+        side = (f", {len(self.indexes)} book index{'es' if len(self.indexes) != 1 else ''}" if self.indexes else "") + \
+               (f" and {len(self.side_files)} side file{'s' if len(self.side_files) != 1 else ''}" if self.side_files else "")
         if not self.bad:
             return [], (f"verified {len(self.shards)} shard files ({mb:.2f} MB){side} in {self.seconds:.2f} s: sizes and "
                         f"sha256 match {self.manifest}")
         return [f"{c.path}: {c.problem}" for c in self.bad], (
-            f"{len(self.bad)} of {len(self.shards) + len(self.side_files)} files fail verification against "
+            f"{len(self.bad)} of {len(self.shards) + len(self.indexes) + len(self.side_files)} files fail verification against "
             f"{self.manifest} ({mb:.2f} MB of shards read in {self.seconds:.2f} s); delete the bad shard files and "
             "rerun narrator tokenize on the same books to re-encode them")
 
@@ -221,10 +238,12 @@ def verify_tokens(path: str | Path, threads: int | None = None) -> Verification:
     manifest = Manifest.load(path)
     root = token_folder(path)
     entries = [file for shard in manifest.shards for file in shard.files.values()]
+    indexes = [shard.books for shard in manifest.shards]
     with ThreadPoolExecutor(threads) as pool:
         shards = list(pool.map(lambda f: _check_shard(root, f.path, f.bytes, f.sha256), entries))
+        books = list(pool.map(lambda f: _check_shard(root, f.path, f.bytes, f.sha256), indexes))
     side = [check for info in manifest.streams for check in _check_side_files(root, info)]
-    return Verification(str(root / MANIFEST_NAME), shards, side, time.perf_counter() - started)
+    return Verification(str(root / MANIFEST_NAME), shards, side, time.perf_counter() - started, books)
 
 
 def _check_shard(root: Path | storage.URL, rel: str, size: int, sha256: str) -> FileCheck:

@@ -37,15 +37,15 @@ from narrator.tokenizers.catalog import BookSource, resolve_inputs
 from narrator.tokenizers.audio import AudioInfo, is_mp3, n_samples, probe, read_segment
 from narrator.tokenizers.checks import BookCheck, BookReading, damage_warning, log_checks, read_checks
 from narrator.tokenizers.chunking import ChunkSpec, grid_steps, plan_chunks
-from narrator.tokenfolder.split import held_out_slots
+from narrator.tokenfolder.split import split_span
 from narrator.tokenizers.config import STREAMS, EncodecConfig, TokenizeConfig, WhisperConfig
 from narrator.tokenizers.encodec import EncodecTokenizer, random_weights_name, stream_info, token_config_hash
-from narrator.tokenfolder.manifest import (ACOUSTIC, MANIFEST_NAME, SEMANTIC, BookEntry, BookWarning, FailedBook, Manifest, ShardEntry,
-                                          ShardFile, StreamInfo, WeightsIdentity)
+from narrator.tokenfolder.manifest import (ACOUSTIC, INDEX_DIR, MANIFEST_NAME, SEMANTIC, BookEntry, FailedBook, FormatError,
+                                          Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity, write_book_index)
 from narrator.tokenizers.kmeans import kmeans_paths
 from narrator.tokenizers.semantic import (KMEANS_STEM, SemanticTokenizer, fit_semantic, random_whisper_name, semantic_config,
                                           semantic_stream_info)
-from narrator.tokenizers.plan import PlannedBook, ShardPlan
+from narrator.tokenizers.plan import PlannedBook, PlannedShard, ShardPlan
 from narrator.tokenizers.ray_cluster import NodeWatch, node_summary, ray_session
 from narrator.tokenizers.stderr_filter import MPG123_NOTICE, RAY_ACTOR_RESTART_NOTICE, damage_notes, drop_stderr_lines
 from narrator.tokenizers.whisper import WhisperEmbedder
@@ -87,6 +87,7 @@ def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str],
     if storage.is_url(out):
         storage.check_bucket(str(out))
     _check_out(out, cfg)
+    plan = ShardPlan.open(out)  # refuses a folder of an older format before anything is written
     # The models first, on the driver: missing weights fail before any audio is read.
     codec = _codec(cfg, out) if ACOUSTIC in cfg.streams else None
     embedder = _embedder(cfg, out) if SEMANTIC in cfg.streams else None
@@ -101,9 +102,8 @@ def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str],
     with _staged(out, [CONFIG_NAME]) as local, _writing(storage.join(local, CONFIG_NAME)):
         save_config(cfg, storage.join(local, CONFIG_NAME))
     report = TokenizeReport(out)
-    plan = ShardPlan.load(out)
-    _plan_books(cfg, plan, books, report, bytes_per_second=_bytes_per_second(cfg))
-    plan.save(out)  # the commit point: from here on, these books' shards are fixed
+    planned = _plan_books(cfg, plan, books, report, bytes_per_second=_bytes_per_second(cfg))
+    plan.save()  # the commit point: from here on, these books' shards are fixed
     streams = []
     if codec is not None:
         streams.append(_Stream(stream_info(cfg, tokenizer=codec), codec, {
@@ -117,22 +117,21 @@ def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str],
     present = _folder_streams(out)
     written = {info.name: read_written(out, info.name) for info in present}
     on_disk = {st.info.name: _shard_sizes(out, st.info.name) for st in streams}
-    missing = {shard.index: [st.info.name for st in streams
-                             if shard_path(st.info.name, shard.index) not in on_disk[st.info.name]]
-               for shard in plan.shards}
+    missing = {index: [st.info.name for st in streams if shard_path(st.info.name, index) not in on_disk[st.info.name]]
+               for index in range(len(plan))}
     missing = {index: names for index, names in missing.items() if names}
     checks = read_checks(out)
     for book in books:  # found unusable by an earlier run's actors: not read again
-        if book.id in checks and checks[book.id].failed and plan.book(book.id) is not None \
-                and plan.book(book.id).source == book.source:
+        if book.id in checks and checks[book.id].failed and book.id in planned \
+                and planned[book.id].source == book.source:
             _fail(report, book, checks[book.id].error)
     if missing:
         with ray_session(cfg.ray):
             _encode(cfg, out, streams, plan, missing, written, checks, {b.id: b.given for b in books}, report)
     manifest = build_manifest(out, cfg, plan, present, written, checks, report.failed)
     report.tokens = manifest.total_tokens
-    hours = sum(b.duration_s for b in manifest.books) / 3600
-    print(f"tokenize: {len(manifest.books)} books ({hours:.2f} h) in {len(manifest.shards)} shards, "
+    hours = manifest.seconds / 3600
+    print(f"tokenize: {manifest.books} books ({hours:.2f} h) in {len(manifest.shards)} shards, "
           f"{manifest.total_tokens:,} tokens in {len(present)} {'stream' if len(present) == 1 else 'streams'} "
           f"({', '.join(i.name for i in present)}) -> {out}; this run: {len(report.added)} books added, "
           f"{report.shards_written} shard files written, {len(report.failed)} failed")
@@ -143,44 +142,84 @@ def build_manifest(out: storage.Location, cfg: TokenizeConfig, plan: ShardPlan, 
                    written: dict[str, dict[str, WrittenShard]], checks: dict[str, BookCheck],
                    failed: list[FailedBook]) -> Manifest:
     """manifest.json from the plan, the books' verdicts and each stream's shards on disk: books the actors found
-    unusable are left out (their shards were written without them); planned shard files not on disk are `pending`."""
-    dropped = {book for book, check in checks.items() if check.failed}
+    unusable are left out (their shards were written without them); planned shard files not on disk are `pending`.
+
+    A shard the previous manifest lists with the same files keeps its record, unread; a new one gets its book
+    index (index/), written once.
+    """
     found = [FailedBook(c.source, c.error) for c in checks.values() if c.failed]
-    manifest = Manifest(streams=streams, failed=found + [f for f in failed if f not in found], split=cfg.split,
-                        warnings=[BookWarning(c.source, damage_warning(c.source, c).removeprefix(f"warning: {c.source}: "))
-                                  for c in checks.values() if c.note_count and not c.failed])
+    manifest = Manifest(streams=streams, failed=found + [f for f in failed if f not in found], split=cfg.split)
+    previous = {s.index: s for s in _previous_manifest(out).shards}
     on_disk = {info.name: _shard_sizes(out, info.name) for info in streams}
-    book_shards = plan.book_shards()
-    for book in plan.books:
-        if book.id in dropped:
+    for index in range(len(plan)):
+        rels = {info.name: shard_path(info.name, index) for info in streams}
+        manifest.pending += [rel for name, rel in rels.items() if rel not in on_disk[name]]
+        present = {name: rel for name, rel in rels.items() if rel in on_disk[name]}
+        entry = previous.get(index)
+        if entry is not None and {n: f.bytes for n, f in entry.files.items()} == \
+                {n: on_disk[n][rel] for n, rel in present.items()}:
+            manifest.shards.append(entry)
             continue
-        specs = plan_chunks(book.id, book.duration_s, cfg.chunking)
-        manifest.books.append(BookEntry(id=book.id, source=book.source, duration_s=book.duration_s,
-                                        slots=grid_steps(book.duration_s), chunks=len(specs),
-                                        shards=list(dict.fromkeys(book_shards[book.id])), meta=dict(book.meta)))
-    for shard in plan.shards:
-        specs = [(book, spec) for book, spec in plan.chunks(shard, cfg.chunking) if book.id not in dropped]
-        files = {}
-        for info in streams:
-            rel = shard_path(info.name, shard.index)
-            if rel not in on_disk[info.name]:
-                manifest.pending.append(rel)
-                continue
-            record = written[info.name].get(rel)
-            if record is None or record.bytes != on_disk[info.name][rel]:  # renamed, but its record was not logged
-                slots = sum(grid_steps(s.end_s - s.start_s) for _, s in specs)
-                record = WrittenShard(rel, len(specs), slots * info.frames_per_slot * info.n_codebooks,
-                                      on_disk[info.name][rel], storage.sha256(storage.join(out, rel)))
-                log_written(out, info.name, record)
-            files[info.name] = ShardFile(rel, record.tokens, record.bytes, record.sha256)
-        if specs:  # a shard that held only unusable books is an empty tar, kept so that reruns skip it
-            manifest.shards.append(ShardEntry(index=shard.index, books=list(dict.fromkeys(b.id for b, _ in specs)),
-                                              samples=len(specs), files=files))
+        if present:
+            entry = _shard_entry(out, cfg, plan.shard(index), streams, present, on_disk, written, checks, entry)
+            if entry is not None:  # None: it held only unusable books (an empty tar, kept so that reruns skip it)
+                manifest.shards.append(entry)
     if manifest.pending:
         print(f"tokenize: {len(manifest.pending)} planned shard files are not written yet; "
               "rerun the same command to complete them")
     manifest.save(storage.join(out, MANIFEST_NAME))
     return manifest
+
+
+def _previous_manifest(out: storage.Location) -> Manifest:
+    """OUT's manifest as the last run left it (the format was checked before the run began), or an empty one."""
+    try:
+        return Manifest.load(out)
+    except NarratorError:
+        return Manifest(streams=[])
+
+
+def _shard_entry(out: storage.Location, cfg: TokenizeConfig, shard: PlannedShard, streams: list[StreamInfo],
+                 present: dict[str, str], on_disk: dict[str, dict[str, int]], written: dict[str, dict[str, WrittenShard]],
+                 checks: dict[str, BookCheck], previous: ShardEntry | None) -> ShardEntry | None:
+    """A written shard's record: its files (from the shard logs), its split's slots and its book index."""
+    chunks = [(book, spec) for book, spec in shard.chunks(cfg.chunking) if not checks.get(book.id, _USABLE).failed]
+    if not chunks:
+        return None
+    slots = {"train": 0, "val": 0}
+    for book, spec in chunks:
+        for part in split_span(grid_steps(spec.start_s), grid_steps(spec.end_s - spec.start_s), book.held_out):
+            slots[part.split] += part.frames
+    files = {}
+    for name, rel in present.items():
+        info = next(i for i in streams if i.name == name)
+        record = written[name].get(rel)
+        if record is None or record.bytes != on_disk[name][rel]:  # renamed, but its record was not logged
+            record = WrittenShard(rel, len(chunks), (slots["train"] + slots["val"]) * info.frames_per_slot * info.n_codebooks,
+                                  on_disk[name][rel], storage.sha256(storage.join(out, rel)))
+            log_written(out, name, record)
+        files[name] = ShardFile(rel, record.tokens, record.bytes, record.sha256)
+    if previous is not None:  # a stream added to a shard: its books were indexed with the first
+        books = previous.books
+    else:
+        pieces = {p.book: p for p in shard.pieces}
+        entries = []
+        for book in shard.books:
+            check = checks.get(book.id, _USABLE)
+            if check.failed:
+                continue
+            entries.append(BookEntry(
+                id=book.id, source=book.source, duration_s=book.duration_s, slots=book.slots,
+                chunks=len(plan_chunks(book.id, book.duration_s, cfg.chunking)), first_chunk=pieces[book.id].first,
+                shard_chunks=pieces[book.id].count, held_out=book.held_out, meta=dict(book.meta),
+                warning=damage_warning(book.source, check).removeprefix(f"warning: {book.source}: ")
+                if check.note_count else ""))
+        books = write_book_index(out, shard.index, entries)
+    return ShardEntry(index=shard.index, samples=len(chunks), train_slots=slots["train"], val_slots=slots["val"],
+                      files=files, books=books)
+
+
+_USABLE = BookCheck("", "", 1.0, [], 0, "")  # the verdict of a book not judged (an earlier run's, before checks)
 
 
 def _shard_sizes(out: storage.Location, stream: str) -> dict[str, int]:
@@ -316,12 +355,12 @@ def _staged(out: storage.Location, files: list[str]) -> Iterator[storage.Locatio
 
 
 def _semantic_stream(cfg: TokenizeConfig, out: storage.Location, embedder: WhisperEmbedder, plan: ShardPlan) -> _Stream:
-    """Fit (or load) the folder's k-means on a sample of every planned book, away from the validation
-    slots of the default training split, then describe the stream."""
-    books = [(b.id, b.source, grid_steps(b.duration_s)) for b in plan.books]
-    entries = [BookEntry(b.id, b.source, b.duration_s, grid_steps(b.duration_s), 0, []) for b in plan.books]
+    """Fit (or load) the folder's k-means on a sample of every planned book, away from the folder's validation
+    slots, then describe the stream."""
+    planned = list(plan.books())
+    books = [(b.id, b.source, b.slots) for b in planned]
     with _staged(out, [str(p) for p in kmeans_paths(KMEANS_STEM)]) as local:
-        model, fitted = fit_semantic(cfg, local, embedder, books, held_out_slots(entries, cfg.split))
+        model, fitted = fit_semantic(cfg, local, embedder, books, {b.id: b.held_out for b in planned})
         tokenizer = SemanticTokenizer(embedder, model)
         info = semantic_stream_info(cfg, tokenizer, local)
     if fitted:
@@ -348,12 +387,13 @@ def _bytes_per_second(cfg: TokenizeConfig) -> float:
 
 
 def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], report: TokenizeReport,
-                bytes_per_second: float) -> None:
-    """Append the books the plan does not hold yet to it, in input order, from their headers alone: the audio
-    itself is checked by the actors as they encode it."""
+                bytes_per_second: float) -> dict[str, PlannedBook]:
+    """Append the books the plan does not hold yet to it, in input order, from their headers alone (the audio
+    itself is checked by the actors as they encode it); return the books of `books` planned before."""
+    known, before = plan.known({b.id for b in books}, cfg.split)
     new = []
     for book in books:
-        planned = plan.book(book.id)
+        planned = known.get(book.id)
         if planned is None:
             new.append(book)
         elif (planned.source, planned.offset_s) != (book.source, book.start_s):
@@ -388,8 +428,9 @@ def _plan_books(cfg: TokenizeConfig, plan: ShardPlan, books: list[BookSource], r
             _fail(report, book, duration)
         else:
             usable.append(PlannedBook(book.id, book.source, duration, book.meta, offset_s=book.start_s))
-    plan.extend(usable, cfg.chunking, cfg.shards.target_mb * 1e6, bytes_per_second)
+    plan.extend(usable, cfg.chunking, cfg.shards.target_mb * 1e6, bytes_per_second, cfg.split, before)
     report.added += [b.id for b in usable]
+    return known
 
 
 def _fail(report: TokenizeReport, book: BookSource, reason: str) -> None:
@@ -403,8 +444,7 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
     """Run the Ray Data actor pool over the chunks of the shards some stream lacks, and write each stream's shard
     file as soon as its chunks are in and every book in it has its verdict (`checks`, grown here): a shard is
     written without the chunks of books found unusable. `given`: book id -> the path as the user wrote it."""
-    shards = {shard.index: shard for shard in plan.shards}
-    order = [(index, book, spec) for index in missing for book, spec in plan.chunks(shards[index], cfg.chunking)]
+    order = [(index, book, spec) for index in missing for book, spec in plan.shard(index).chunks(cfg.chunking)]
     items = [{"path": book.source, "offset_s": book.offset_s, "streams": ",".join(missing[index]), **asdict(spec)}
              for index, book, spec in order]
     readings: dict[str, BookReading] = {}  # books without a verdict yet: their chunks read so far
@@ -506,7 +546,7 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
             bar.close()
         if damaged > SHOWN_WARNINGS:
             print(f"warning: {damaged - SHOWN_WARNINGS} more books with damaged MP3 data, tokenized as decoded "
-                  f"(all {damaged} are listed under `warnings` in {storage.join(out, MANIFEST_NAME)}; `narrator inspect` shows them)")
+                  f"(all {damaged} are listed with their books in {storage.join(out, INDEX_DIR)}/; `narrator inspect` shows them)")
         print(f"ray: {node_summary(report.chunks_per_node)}")
         for line in nodes.lost_lines():
             print(line)
@@ -518,8 +558,11 @@ def _encode(cfg: TokenizeConfig, out: storage.Location, streams: list[_Stream], 
 def _check_out(out: storage.Location, cfg: TokenizeConfig, acoustic: StreamInfo | None = None) -> None:
     """Refuse an OUT whose streams (those this run makes) were made with another config or other weights, or
     whose validation split is another; the codec's weights are checked once `acoustic` is known."""
+    path = storage.join(out, MANIFEST_NAME)
     try:
-        folder = Manifest.load(out).split if storage.exists(storage.join(out, MANIFEST_NAME)) else cfg.split
+        folder = Manifest.load(out).split if storage.exists(path) else cfg.split
+    except FormatError:
+        raise
     except NarratorError:  # unreadable: this run writes it anew
         folder = cfg.split
     if folder != cfg.split:

@@ -151,7 +151,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
         (out / "streams.json").write_text(json.dumps(to_dict(streams), indent=1) + "\n")
         print(f"model: {cfg.model.preset} preset, {n_params / 1e6:.2f} M parameters, "
               f"vocab {model_config.vocab_size}, block {model_config.block_size}; "
-              f"{sum(m.total_tokens for m, _ in folders):,} tokens in {sum(len(m.books) for m, _ in folders)} books"
+              f"{sum(m.total_tokens for m, _ in folders):,} tokens in {sum(m.books for m, _ in folders)} books"
               f"{f' of {len(folders)} token folders' if len(folders) > 1 else ''}; "
               f"{world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}")
 
