@@ -1,4 +1,4 @@
-"""How a token folder's index (manifest.json, plan.json, the files beside them) scales with its recordings.
+"""How a token folder's index (manifest.json, the plan's parts, the shards' book indexes) scales with its recordings.
 
     python benchmarks/index_scale.py [--sizes 10000,100000,1000000] [--results FILE] [--raw FILE.json]
                                      [--work DIR] [--keep] [--profile | --profile-only] [--timeout S]
@@ -14,8 +14,8 @@ codebooks) instead of the chunk's thousands, so a million recordings take ~2 GB 
 agrees with them (sizes, sha256, samples) and `narrator inspect --verify` and the trainer accept it.
 No audio, no encoder. Then, each in a process of its own (peak RSS per process, DataLoader workers apart):
 `narrator inspect`, `narrator inspect --verify`, `trainer/run.py` (configs/train/tiny.yaml, 2 DataLoader
-workers) to its first batch, and adding 1% more books the way a tokenize rerun does (load plan, extend,
-save plan, write the new shards, rebuild and save the manifest) on a copy whose tars are hard links.
+workers) to its first batch, and adding 1% more books the way a tokenize rerun does (read the plan's book ids,
+extend, save the new parts, write the new shards, build and save the manifest) on a copy whose tars are hard links.
 Prints a markdown table (each figure at each N, and its growth per 10x); `--profile` adds cProfile's
 view of each step. The shards are read back from the page cache: this measures the index, not the disk.
 """
@@ -88,7 +88,7 @@ def synthetic_stream(cfg):
                       config_hash=token_config_hash(cfg), weights=weights, bandwidth=cfg.encodec.bandwidth)
 
 
-def write_shards(folder: Path, plan, shards: list, cfg) -> int:
+def write_shards(folder: Path, shards: list, cfg) -> int:
     """Each planned shard as a real tar of its planned samples (tiny token arrays), logged as tokenize logs it;
     returns the bytes written."""
     import numpy as np
@@ -103,7 +103,7 @@ def write_shards(folder: Path, plan, shards: list, cfg) -> int:
     for shard in shards:
         rel = shard_path(ACOUSTIC, shard.index)
         with ShardWriter(storage.join(folder, rel), name=rel) as writer:
-            for i, (_, spec) in enumerate(plan.chunks(shard, cfg.chunking)):
+            for i, (_, spec) in enumerate(shard.chunks(cfg.chunking)):
                 writer.write(ChunkRecord(spec.book, spec.chunk, spec.start_s, spec.end_s, TINY_FRAMES, ACOUSTIC),
                              pool[i % len(pool)])
             done = writer.close()
@@ -137,18 +137,18 @@ def task_generate(folder: Path, n: int, seed: int) -> dict[str, Any]:
     books = synthetic_books(0, n, seed)
     r: dict[str, Any] = {}
     with timed(r, "plan_s"):
-        plan = ShardPlan.load(folder)
-        new = plan.extend(books, cfg.chunking, cfg.shards.target_mb * 1e6, pipeline._bytes_per_second(cfg))
+        plan = ShardPlan.open(folder)
+        new = plan.extend(books, cfg.chunking, cfg.shards.target_mb * 1e6, pipeline._bytes_per_second(cfg), cfg.split)
     with timed(r, "plan_save_s"):
-        plan.save(folder)
+        plan.save()
     save_config(cfg, folder / pipeline.CONFIG_NAME)
     pipeline._write_json(folder / stream_info_path(ACOUSTIC), synthetic_stream(cfg))
     with timed(r, "shards_s"):
-        r["tar_bytes"] = write_shards(folder, plan, new, cfg)
+        r["tar_bytes"] = write_shards(folder, new, cfg)
     with timed(r, "manifest_s"):
         rebuild_manifest(folder, cfg, plan)
-    r["shards"] = len(plan.shards)
-    r["chunks"] = sum(p.count for s in plan.shards for p in s.pieces)
+    r["shards"] = len(plan)
+    r["chunks"] = sum(p.count for s in new for p in s.pieces)
     return r
 
 
@@ -162,14 +162,16 @@ def task_add(folder: Path, n: int, seed: int) -> dict[str, Any]:
     books = synthetic_books(n, added, seed)
     r: dict[str, Any] = {"added": added}
     io0 = proc_io()
-    with timed(r, "load_plan_s"):
-        plan = ShardPlan.load(folder)
+    with timed(r, "load_plan_s"):  # what a rerun reads: the planned book ids, and what the plan holds
+        plan = ShardPlan.open(folder)
+        known, before = plan.known({b.id for b in books}, cfg.split)
     with timed(r, "extend_s"):
-        new = plan.extend(books, cfg.chunking, cfg.shards.target_mb * 1e6, pipeline._bytes_per_second(cfg))
+        new = plan.extend([b for b in books if b.id not in known], cfg.chunking, cfg.shards.target_mb * 1e6,
+                          pipeline._bytes_per_second(cfg), cfg.split, before)
     with timed(r, "save_plan_s"):
-        plan.save(folder)
+        plan.save()
     with timed(r, "shards_s"):
-        tar_bytes = write_shards(folder, plan, new, cfg)
+        tar_bytes = write_shards(folder, new, cfg)
     with timed(r, "manifest_s"):
         rebuild_manifest(folder, cfg, plan)
     io1 = proc_io()
@@ -519,29 +521,32 @@ def rows(f: dict[str, Any]) -> list[tuple[str, float | str | None]]:
     g, ins, ver, tr, add = (f.get(k) or {} for k in ("generate", "inspect", "verify", "trainer", "add"))
     idx = f.get("index", {})
     mb = 1e6
-    manifest, plan = idx.get("manifest.json", 0), idx.get("plan.json", 0)
-    other = sum(v for k, v in idx.items() if k not in ("manifest.json", "plan.json"))
+    manifest = idx.get("manifest.json", 0)
+    plan = sum(v for k, v in idx.items() if k.startswith("plan/"))
+    books = sum(v for k, v in idx.items() if k.startswith("index/"))
+    other = sum(v for k, v in idx.items() if k != "manifest.json" and not k.startswith(("plan/", "index/")))
     workers = tr.get("worker_rss_mb") or []
     anon = tr.get("anon_workers_mb") or []
     v = lambda d, k, scale=1.0: d[k] * scale if k in d else None  # noqa: E731
     return [
         ("shards planned (target 256 MB of real tokens each)", v(g, "shards")),
         ("plan: ShardPlan.extend of N books, CPU s", v(g, "plan_s_cpu")),
-        ("plan: plan.json save, CPU s", v(g, "plan_save_s_cpu")),
+        ("plan: save its parts, CPU s", v(g, "plan_save_s_cpu")),
         ("generate: tiny tars written, CPU s (synthetic, not the index)", v(g, "shards_s_cpu")),
         ("generate: build_manifest + save, CPU s", v(g, "manifest_s_cpu")),
         ("generate: peak RSS, MB", v(g, "rss_mb")),
         ("tiny tars on disk, MB", f["tars"] / mb if "tars" in f else None),
         ("index: manifest.json, MB", manifest / mb if idx else None),
-        ("index: plan.json, MB", plan / mb if idx else None),
+        ("index: plan/ (a part per shard), MB", plan / mb if idx else None),
+        ("index: index/ (a book index per shard), MB", books / mb if idx else None),
         ("index: other files, KB", other / 1e3 if idx else None),
-        ("index: total bytes per recording", (manifest + plan + other) / f["n"] if idx else None),
-        ("add 1%: index work (load plan + extend + save plan + manifest), wall s", v(add, "index_s")),
+        ("index: total bytes per recording", (manifest + plan + books + other) / f["n"] if idx else None),
+        ("add 1%: index work (read plan ids + extend + save parts + manifest), wall s", v(add, "index_s")),
         ("add 1%: the same, CPU s", v(add, "index_s_cpu")),
-        ("add 1%: of which load plan, CPU s", v(add, "load_plan_s_cpu")),
+        ("add 1%: of which read the plan's book ids, CPU s", v(add, "load_plan_s_cpu")),
         ("add 1%: of which extend, CPU s", v(add, "extend_s_cpu")),
         ("add 1%: of which save plan, CPU s", v(add, "save_plan_s_cpu")),
-        ("add 1%: of which rebuild + save manifest, CPU s", v(add, "manifest_s_cpu")),
+        ("add 1%: of which build the new shards' records + save manifest, CPU s", v(add, "manifest_s_cpu")),
         ("add 1%: new tiny tars written, CPU s", v(add, "shards_s_cpu")),
         ("add 1%: index bytes written, MB", v(add, "index_written", 1 / mb)),
         ("add 1%: index bytes read, MB", v(add, "index_read", 1 / mb)),
@@ -558,7 +563,7 @@ def rows(f: dict[str, Any]) -> list[tuple[str, float | str | None]]:
         ("trainer: of which imports + interpreter, wall s", v(tr, "imports_s")),
         ("trainer: of which open_folder (Manifest.load), CPU s", v(tr, "open_folder_s_cpu")),
         ("trainer: of which open_sources (TokenShards.open), CPU s", v(tr, "open_sources_s_cpu")),
-        ("trainer: of which build_val_loader (reads every shard), CPU s", v(tr, "build_val_loader_s_cpu")),
+        ("trainer: of which build_val_loader (reads the shards that hold held-out slots), CPU s", v(tr, "build_val_loader_s_cpu")),
         ("trainer: of which first train_step (workers start, first batch), wall s", v(tr, "first_train_step_s")),
         ("trainer: main process peak RSS, MB", v(tr, "rss_mb")),
         ("trainer: worker peak RSS (max of 2; shares pages with main), MB", max(workers) if workers else None),

@@ -21,8 +21,10 @@ import numpy as np
 from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import TokenShards, build_train_loader, build_val_loader
 from narrator.streaming.layout import LAYOUTS
-from narrator.tokenfolder.manifest import ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity
+from narrator.tokenfolder.manifest import (ACOUSTIC, BookEntry, Manifest, ShardEntry, ShardFile, StreamInfo, WeightsIdentity,
+                                          write_book_index)
 from narrator.tokenfolder.shards import ChunkRecord, ShardWriter
+from narrator.tokenfolder.split import split_span, val_window
 
 FRAME_RATE = 75
 
@@ -39,6 +41,7 @@ def write_synthetic(out: Path, chunks: int, seconds: float, codebooks: int, chun
                                     weights=weights)}
     manifest, rng = Manifest(streams=[infos[s] for s in streams]), np.random.default_rng(0)
     slots = round(seconds / 0.04)
+    held = val_window(chunks * slots, manifest.split.val_center, manifest.split.val_fraction)  # one long book
     for part, first in enumerate(range(0, chunks, chunks_per_shard)):
         files = {}
         for stream in streams:
@@ -51,9 +54,12 @@ def write_synthetic(out: Path, chunks: int, seconds: float, codebooks: int, chun
                     writer.write(record, rng.integers(0, 1024, shape, dtype=np.int16))
                 shard = writer.close()
             files[stream] = ShardFile(path, shard.tokens, shard.bytes, shard.sha256)
-        manifest.shards.append(ShardEntry(part, ["book"], min(chunks_per_shard, chunks - first), files))
-    manifest.books.append(BookEntry("book", "synthetic", chunks * seconds, round(chunks * seconds / 0.04), chunks,
-                                    [s.index for s in manifest.shards]))
+        count = min(chunks_per_shard, chunks - first)
+        book = BookEntry("book", "synthetic", chunks * seconds, chunks * slots, chunks, first, count, held)
+        split = split_span(first * slots, count * slots, held)
+        manifest.shards.append(ShardEntry(part, count, sum(s.frames for s in split if s.split == "train"),
+                                          sum(s.frames for s in split if s.split == "val"), files,
+                                          write_book_index(out, part, [book])))
     manifest.save(out / "manifest.json")
     return manifest
 

@@ -5,7 +5,7 @@
 A JSONL catalog of ~57 hours of MP3: the LibriVox chapters of ../shared/audio/books (librivox_*_64kb.mp3,
 22.05 kHz, 3-9 minutes each) repeated under distinct ids, with absolute paths (so --allow-outside-root).
 `narrator tokenize` (random EnCodec weights saved as a local checkpoint, 2 actors) runs in a subprocess
-of its own process group; the times from its start until OUT/plan.json appears (the plan is fixed),
+of its own process group; the times from its start until OUT/plan/ has its parts (the plan is fixed),
 until the progress bar appears (Ray is up and the chunks are handed to the actor pool), until it shows
 the first chunk back from an actor (the actors' start and one call of ray.batch_size chunks), and until
 the first shard file appears in OUT/shards/acoustic/. Then the whole group is killed: the 57 hours are
@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_BOOKS = REPO.parent / "shared" / "audio" / "books"
 CHAPTERS = "librivox_*_64kb.mp3"
 TARGET_S = 60.0  # first shard within a minute on 2 cores
+PLAN_PART = "plan/000000.json"  # the shard plan's first part (tokenizers/plan.py)
 HEADER = ("| machine | date | catalog | run | plan fixed | encoding starts | first chunk back | first shard |\n"
           "|---|---|---|---|---|---|---|---|\n")  # --results: written first when the file lacks it
 PROGRESS = re.compile(r"tokenize:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")  # tqdm's bar: chunks done / planned
@@ -47,7 +48,7 @@ class PlanSpeed:
     books: int
     hours: float  # audio in the catalog, from the headers
     shard_mb: float
-    plan_s: float | None  # start -> OUT/plan.json
+    plan_s: float | None  # start -> OUT/plan/'s first part (the others follow within milliseconds)
     bar_s: float | None  # start -> the progress bar (0 chunks): Ray started, the chunks handed to Ray Data
     first_chunk_s: float | None  # start -> the progress bar's first chunk
     first_shard_s: float | None  # start -> OUT/shards/acoustic/000000.tar (or any finished shard)
@@ -153,13 +154,13 @@ def measure(hours: float = 57.0, shard_mb: float = 0.25, actors: int = 2, timeou
         try:
             while time.perf_counter() - start < timeout_s and proc.poll() is None:
                 now = time.perf_counter() - start
-                if result.plan_s is None and (out / "plan.json").is_file():
+                if result.plan_s is None and (out / PLAN_PART).is_file():
                     result.plan_s = now
                 if shards.is_dir() and any(re.fullmatch(r"\d{6}\.tar", p.name) for p in shards.iterdir()):
                     result.first_shard_s = now
                     break
                 time.sleep(0.05)
-            if result.plan_s is None and (out / "plan.json").is_file():  # written just before the run ended
+            if result.plan_s is None and (out / PLAN_PART).is_file():  # written just before the run ended
                 result.plan_s = time.perf_counter() - start
         finally:
             _stop(proc)
@@ -169,7 +170,7 @@ def measure(hours: float = 57.0, shard_mb: float = 0.25, actors: int = 2, timeou
         if result.plan_s is None:
             tail = "\n".join(text for _, text in lines[-15:])
             sys.exit(f"plan_speed: the run ended (status {proc.returncode}) before its plan was written:\n{tail}")
-        _read_plan(result, out / "plan.json")
+        _read_plan(result, out)
         return result
 
 
@@ -200,16 +201,16 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _read_plan(result: PlanSpeed, path: Path) -> None:
-    """Shards and chunks of the plan, and what the first shard holds (its chunks and their seconds)."""
+def _read_plan(result: PlanSpeed, out: Path) -> None:
+    """Shards and chunks of OUT's plan, and what the first shard holds (its chunks and their seconds)."""
     from narrator.tokenizers.config import ChunkingConfig
     from narrator.tokenizers.plan import ShardPlan
 
-    plan = ShardPlan.load(path.parent)
+    plan = ShardPlan.open(out)
     chunking = ChunkingConfig()
-    result.shards = len(plan.shards)
-    result.chunks = sum(piece.count for shard in plan.shards for piece in shard.pieces)
-    first = plan.chunks(plan.shards[0], chunking)
+    result.shards = len(plan)
+    result.chunks = sum(piece.count for shard in plan.shards() for piece in shard.pieces)
+    first = plan.shard(0).chunks(chunking)
     result.first_shard_chunks = len(first)
     result.first_shard_audio_s = sum(spec.end_s - spec.start_s for _, spec in first)
 

@@ -95,7 +95,7 @@ def run_demo(cfg: DemoConfig) -> None:
 
     minutes = (time.time() - started) / 60
     outputs = [(book, "the sample book (24 kHz mono)"),
-               (f"{tokens}/", f"shards/acoustic/*.tar, plan.json, manifest.json (see `narrator inspect {tokens}`)"),
+               (f"{tokens}/", f"shards/acoustic/*.tar, manifest.json, index/, plan/ (see `narrator inspect {tokens}`)"),
                (f"{train}/", "metrics.jsonl, train_loss.png, val_loss.png, samples/, checkpoints/"),
                (page, "curves, config, tokenizer identity and every evaluation sample (`narrator report`)"),
                (sample, f"{cfg.prompt_seconds:g} s prompt + {cfg.generate_seconds:g} s continuation")]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["narrator", "tokenizers", "streaming", "trainer", "benchmarks", "launch"]
+SOURCES = ["narrator", "tokenizers", "tokenfolder", "streaming", "trainer", "evaluation", "benchmarks", "launch"]
 PICKLERS = {"pickle", "cPickle", "_pickle", "dill", "joblib", "cloudpickle", "shelve", "marshal"}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = ["narrator", "tokenizers", "tokenfolder", "streaming", "trainer"]
+PACKAGE_DIRS = ["narrator", "tokenizers", "tokenfolder", "streaming", "trainer", "evaluation"]
 
 PROBE = """
 import json
