@@ -63,7 +63,7 @@ class TrainerState:
 @dataclass
 class ProcessState:
     """What one process carries from step to step besides the model, optimizer and RNG states (accelerate
-    saves those): where its loader is, and what it has not reported yet. `train_state.TrainState` gives and
+    saves those): where its loader is, and what it has not reported yet. `loop_state.LoopState` gives and
     takes it (state_dict / load_state_dict); each process's is its process_N.json."""
 
     data: DataPosition

@@ -48,7 +48,7 @@ from narrator.trainer.metrics import MetricsLog, make_trackers
 from narrator.trainer.model import GPT
 from narrator.trainer.optim import build_optimizer
 from narrator.trainer.schedule import build_scheduler
-from narrator.trainer.train_state import CoverageLog, TrainState, Window
+from narrator.trainer.loop_state import CoverageLog, LoopState, Window
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -119,7 +119,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     optimizer = build_optimizer(model, cfg.optim, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    # Resume: the run's step, and this process's loop state (TrainState), from the checkpoint if there is one
+    # Resume: the run's step, and this process's loop state (LoopState), from the checkpoint if there is one
     # (checked against the data and model first); the schedule is rebuilt at that step.
     state = TrainerState(step=0, tokens_seen=0, world_size=world, config_hash=config_hash(cfg),
                          tokenizer_config_hash=tokens_hash, layout=cfg.data.layout_name,
@@ -128,7 +128,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     deal = data_deal(cfg.data, sources, world, cfg.data.seed)
     block = model_config.block_size
     peak = peak_tflops(accelerator.device)
-    train_state = TrainState(DataPosition.fresh(deal),
+    loop_state = LoopState(DataPosition.fresh(deal),
                              Window(flops_per_token=workload_from_config(cfg).train_flops_per_token,
                                     peak_tflops=peak * world if peak is not None else None),
                              CoverageLog(max(1, cfg.data.num_workers), block, rank if world > 1 else None,
@@ -139,7 +139,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
         state = dataclasses.replace(state, step=resumed.step, tokens_seen=resumed.tokens_seen)
         accelerator.print(f"resumed from {start} at step {state.step}")
         saved, note = carry_on(start, read_process_states(start), rank, deal, state.step)
-        train_state.load_state_dict(saved)
+        loop_state.load_state_dict(saved)
         if note:
             accelerator.print(note)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.max_steps, start_step=state.step)
@@ -157,7 +157,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
 
     # Data, from where the checkpoint's loader was: the batches an uninterrupted run would see next.
     train_loader = build_train_loader(cfg.data, sources, block, cfg.batch_size, rank, world,
-                                      seed=cfg.data.seed, start=train_state.position)
+                                      seed=cfg.data.seed, start=loop_state.position)
     train_loader.worker_init_fn = functools.partial(shield_worker, train_loader.worker_init_fn)
     # The same eval_batches batches at every evaluation, on every process (a short val set is cycled).
     val_loader = build_val_loader(sources, block, cfg.batch_size, rank, world)
@@ -172,13 +172,13 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main_process, unit="step", dynamic_ncols=True)
     val_loss = None
     with StopSignal() as stop:
-        batches = train_state.batches(train_loader)
+        batches = loop_state.batches(train_loader)
         while state.step < cfg.max_steps:
             lr = optimizer.param_groups[0]["lr"]
             t0 = time.perf_counter()
             loss, stepped = train_step(accelerator, model, optimizer, scheduler, batches, cfg)
             if not stepped:  # a non-finite loss or gradient norm: nothing was updated
-                skipped = train_state.skip()
+                skipped = loop_state.skip()
                 if skipped > cfg.optim.skip_nonfinite:
                     raise NarratorError(f"non-finite loss ({loss}) at step {state.step + 1}: training diverged (lower "
                                         f"optim.lr, check the data); last good checkpoint: {last_checkpoint or 'none'}"
@@ -188,7 +188,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
                     progress.write(f"step {state.step + 1}: non-finite loss ({loss}) or gradient norm; skipped the "
                                    f"update ({skipped} of optim.skip_nonfinite {cfg.optim.skip_nonfinite})")
                 continue
-            train_state.window.add(loss, tokens_per_step, time.perf_counter() - t0)
+            loop_state.window.add(loss, tokens_per_step, time.perf_counter() - t0)
             state.step += 1
             state.tokens_seen += tokens_per_step
             final = state.step == cfg.max_steps
@@ -197,12 +197,12 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
             val_loss = val.overall if val is not None else val_loss
             sample = (eval_audio.sample(accelerator.unwrap_model(model), state.step)
                       if val is not None and eval_audio is not None else None)
-            progress.set_postfix(loss=f"{loss:.3f}", **train_state.window.postfix(), refresh=False)
-            for line in train_state.coverage.lines():
+            progress.set_postfix(loss=f"{loss:.3f}", **loop_state.window.postfix(), refresh=False)
+            for line in loop_state.coverage.lines():
                 if main_process:
                     progress.write(line)
             if final or val is not None or state.step % cfg.log_every == 0:
-                record = train_state.record(state.step, lr, val, layout)
+                record = loop_state.record(state.step, lr, val, layout)
                 record.sample = sample
                 metrics.log(record)
             if state.step % cfg.plot_every == 0:
@@ -210,7 +210,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
             stopping = stop.agreed(accelerator)
             if final or stopping or state.step % cfg.checkpoint_every == 0:
                 last_checkpoint = save_checkpoint(accelerator, model, out, state, streams, cfg, cfg.keep_checkpoints,
-                                                  files=codec_files, process=train_state.state_dict())
+                                                  files=codec_files, process=loop_state.state_dict())
             progress.update(1)
             if stopping:
                 progress.close()
@@ -222,7 +222,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     metrics.plot()
     if main_process:
         print(f"done: {state.step} steps, {state.tokens_seen / 1e6:.2f} M tokens; final train loss "
-              f"{train_state.window.last_loss:.4f}, val loss {val_loss:.4f}; checkpoint {last_checkpoint}; "
+              f"{loop_state.window.last_loss:.4f}, val loss {val_loss:.4f}; checkpoint {last_checkpoint}; "
               f"metrics {out / 'metrics.jsonl'}, plots {out / 'train_loss.png'}, {out / 'val_loss.png'}")
     return 0
 

@@ -1,7 +1,7 @@
 """What one training process carries from step to step besides the model, optimizer and RNG states (accelerate
 saves those): its loader's position, the metrics window, the epoch coverage reports and the skipped updates.
 
-`TrainState` holds them all and, as torchtitan's checkpointed parts do, gives them to a checkpoint as one
+`LoopState` holds them all and, as torchtitan's checkpointed parts do, gives them to a checkpoint as one
 `state_dict()` (a process_N.json, `checkpoint.ProcessState`) and takes them back with `load_state_dict()`:
 state added here is saved and resumed without touching the loop, so a resumed run goes on exactly as an
 uninterrupted one.
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 @dataclasses.dataclass
-class TrainState:
+class LoopState:
     """This process's loop state; `checkpoint.TrainerState` holds what the processes share (step, tokens seen)."""
 
     position: DataPosition  # after the last batch taken from each loader worker

@@ -1,4 +1,4 @@
-"""TrainState: the loop state one process checkpoints (process_N.json) comes back whole, and is a snapshot."""
+"""LoopState: the loop state one process checkpoints (process_N.json) comes back whole, and is a snapshot."""
 
 import json
 
@@ -8,13 +8,13 @@ from narrator.config import from_dict, to_dict
 from narrator.streaming.dataset import EpochCoverage, TrainBatch
 from narrator.streaming.position import DataDeal, DataPosition, SourcePosition, WorkerPosition
 from narrator.trainer.checkpoint import ProcessState
-from narrator.trainer.train_state import CoverageLog, TrainState, Window
+from narrator.trainer.loop_state import CoverageLog, LoopState, Window
 
 DEAL = DataDeal(processes=1, workers=2, seed=0, shuffle_buffer=8, shards=(3,))
 
 
-def fresh() -> TrainState:
-    return TrainState(DataPosition.fresh(DEAL), Window(flops_per_token=1000), CoverageLog(workers=2, block_size=64,
+def fresh() -> LoopState:
+    return LoopState(DataPosition.fresh(DEAL), Window(flops_per_token=1000), CoverageLog(workers=2, block_size=64,
                                                                                           rank=None))
 
 
@@ -23,7 +23,7 @@ def batch(worker: int, windows: int, coverage: list[EpochCoverage] = ()) -> Trai
     return TrainBatch(x, x, list(coverage), worker, WorkerPosition((SourcePosition(windows // 10, windows),)))
 
 
-def trained() -> TrainState:
+def trained() -> LoopState:
     """Two batches taken (one epoch half reported, one finished and not logged), two steps, one skip."""
     state = fresh()
     list(state.batches([batch(0, 4, [EpochCoverage(0, 100, 90)]),
