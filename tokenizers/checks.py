@@ -11,6 +11,7 @@ chunks it reads again. A failed book's chunks are left out of its shards and the
 from __future__ import annotations
 
 import json
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 
 from narrator.tokenfolder import storage
@@ -70,15 +71,17 @@ def log_checks(out: storage.Location, checks: list[BookCheck]) -> None:
         storage.append_lines(out, CHECKS_LOG, checks[0].book, [json.dumps(asdict(check)) for check in checks])
 
 
-def read_checks(out: storage.Location) -> dict[str, BookCheck]:
-    """Book id -> its verdict from earlier runs; a line torn by a crash is ignored (that book is read again)."""
+def read_checks(out: storage.Location, books: Container[str] | None = None) -> dict[str, BookCheck]:
+    """Book id -> its verdict from earlier runs, for `books` (None: all) and every failed book; a line torn by a
+    crash is ignored (that book is read again). A corpus keeps only what the run needs in memory."""
     found: dict[str, BookCheck] = {}
     for line in storage.read_lines(out, CHECKS_LOG):
         try:
             check = BookCheck(**json.loads(line))
         except (ValueError, TypeError):
             continue
-        found[check.book] = check
+        if books is None or check.book in books or check.error:
+            found[check.book] = check
     return found
 
 

@@ -120,7 +120,9 @@ def tokenize(cfg: TokenizeConfig, out: storage.Location, inputs: list[str],
     missing = {index: [st.info.name for st in streams if shard_path(st.info.name, index) not in on_disk[st.info.name]]
                for index in range(len(plan))}
     missing = {index: names for index, names in missing.items() if names}
-    checks = read_checks(out)
+    recorded = {s.index for s in _previous_manifest(out).shards}
+    unrecorded = {b.id for index in range(len(plan)) if index not in recorded for b in plan.shard(index).books}
+    checks = read_checks(out, {b.id for b in books} | unrecorded)  # and every failed book's
     for book in books:  # found unusable by an earlier run's actors: not read again
         if book.id in checks and checks[book.id].failed and book.id in planned \
                 and planned[book.id].source == book.source:
