@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from narrator.errors import NarratorError
+from narrator.espeak import load_espeak
 
 SAMPLE_RATE = 24000  # EnCodec's rate; the semantic tokenizer resamples by itself
 
@@ -56,29 +57,13 @@ class _Espeak:
 
     _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
                                  ctypes.POINTER(_EspeakEvent))
-    _SYNCHRONOUS, _CHARS_UTF8, _PHONEME_INPUT, _POS_CHARACTER = 2, 1, 0x100, 1
+    _CHARS_UTF8, _PHONEME_INPUT, _POS_CHARACTER = 1, 0x100, 1
     _EVENT_END, _EVENT_PHONEME = 0, 7
     _RATE, _VOLUME = 1, 2  # espeak_PARAMETER values
     _VOLUME_PERCENT = 75  # at 100 espeak's loudest utterances touch full scale
 
     def __init__(self) -> None:
-        try:
-            import espeakng_loader
-        except ImportError:
-            raise NarratorError("the evaluation items need espeak-ng: pip install espeakng-loader") from None
-        lib_path = espeakng_loader.get_library_path()
-        data_path = Path(lib_path).parent / "espeak-ng-data"
-        if not (data_path / "phontab").is_file():
-            raise NarratorError(f"{data_path}: espeak-ng voice data is missing (reinstall espeakng-loader)")
-        self.data_path = str(data_path)
-        self.lib = ctypes.CDLL(lib_path)
-        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                          ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        self.sample_rate = self.lib.espeak_Initialize(self._SYNCHRONOUS, 0, self.data_path.encode(), 0)
-        if self.sample_rate <= 0:
-            raise NarratorError(f"{self.data_path}: espeak-ng failed to initialize from this voice data")
+        self.lib, self.data_path, self.sample_rate = load_espeak("the evaluation item set")
         self.lib.espeak_ng_SetPhonemeEvents(1, 1)  # in IPA: one symbol per sound, whatever espeak's mnemonic
         self._chunks: list[np.ndarray] = []
         self._phonemes: list[str] = []

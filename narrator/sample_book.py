@@ -24,6 +24,7 @@ import soxr
 
 from narrator.config import save_config
 from narrator.errors import ConfigError, NarratorError
+from narrator.espeak import load_espeak
 
 
 @dataclass
@@ -68,30 +69,12 @@ class _Espeak:
     """libespeak-ng through ctypes. Its state is global to the process: build one per process."""
 
     _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-    _SYNCHRONOUS, _CHARS_UTF8, _POS_CHARACTER = 2, 1, 1
+    _CHARS_UTF8, _POS_CHARACTER = 1, 1
     _RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4  # espeak_PARAMETER values from speak_lib.h
     _VOLUME_PERCENT = 75  # at its default of 100 espeak's loudest sentences touch full scale
 
     def __init__(self) -> None:
-        try:
-            import espeakng_loader
-        except ImportError:
-            raise NarratorError("the sample book needs espeak-ng: pip install espeakng-loader") from None
-        lib_path = espeakng_loader.get_library_path()
-        self.data_path = str(Path(lib_path).parent / "espeak-ng-data")
-        if not Path(self.data_path, "phontab").is_file():
-            raise NarratorError(f"{self.data_path}: espeak-ng voice data is missing (reinstall espeakng-loader)")
-        try:
-            self.lib = ctypes.CDLL(lib_path)
-        except OSError as e:
-            raise NarratorError(f"{lib_path}: cannot load libespeak-ng ({e})") from None
-        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                          ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        self.sample_rate = self.lib.espeak_Initialize(self._SYNCHRONOUS, 0, self.data_path.encode(), 0)
-        if self.sample_rate <= 0:
-            raise NarratorError(f"{self.data_path}: espeak-ng failed to initialize from this voice data")
+        self.lib, self.data_path, self.sample_rate = load_espeak("the sample book")
         self._chunks: list[np.ndarray] = []
         self._callback = self._CALLBACK(self._collect)  # kept on self: C holds only a raw pointer
         self.lib.espeak_SetSynthCallback(self._callback)
