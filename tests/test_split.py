@@ -5,7 +5,7 @@ import pytest
 from narrator.errors import ConfigError
 
 
-from narrator.tokenfolder.split import Segment, SplitConfig, id_hash, split_chunk, held_out_slots, val_window
+from narrator.tokenfolder.split import Planned, Segment, SplitConfig, id_hash, split_chunk, held_out_slots, val_window
 from narrator.tokenfolder.manifest import BookEntry
 from narrator.tokenfolder.shards import ChunkRecord
 
@@ -95,3 +95,37 @@ def test_a_training_config_re_derives_the_folders_split_only_for_the_keys_it_set
         DataConfig(manifest="x", val_fraction=1.5)
     with pytest.raises(ConfigError, match="'split.val_center': -1 is not in"):
         SplitConfig(val_center=-1)
+
+
+def test_books_added_to_a_folder_are_split_among_themselves_and_the_earlier_keep_theirs():
+    clips = [book(f"clip{i:03d}", 3.0) for i in range(6)]
+    ranked = sorted(clips, key=lambda b: id_hash(b.id))
+    assert all(id_hash(b.id) >= 0.05 for b in clips)  # none by the hash: the fallback decides
+    alone = held_out_slots(clips, SplitConfig())
+    assert [b.id for b in clips if alone[b.id] != (0, 0)] == [ranked[0].id]  # an empty folder: the smallest hash
+    added = held_out_slots(clips, SplitConfig(), Planned(books=40, short_held_out=2))
+    assert all(w == (0, 0) for w in added.values())  # the folder holds validation already: no fallback
+    assert held_out_slots([book("only", 24.0)], SplitConfig(), Planned(books=3)) == {"only": (0, 0)}  # no lone rule
+
+
+def test_the_plan_puts_short_recordings_held_out_whole_last_in_shards_of_their_own(tmp_path):
+    from narrator.tokenizers.config import ChunkingConfig
+    from narrator.tokenizers.plan import PlannedBook, ShardPlan
+
+    books = [PlannedBook(f"clip{i:03d}", f"/c/{i}.flac", 2.0 + i % 5) for i in range(300)] + \
+        [PlannedBook("novel", "/c/novel.flac", 400.0)]
+    plan = ShardPlan.open(tmp_path)
+    shards = plan.extend(books, ChunkingConfig(), target_bytes=2e5, bytes_per_second=1200.0, split=SplitConfig())
+    held = {b.id for b in books if b.duration_s < 60 and b.held_out[1] > 0}
+    assert 5 < len(held) < 30 and all(b.held_out == (0, b.slots) for b in books if b.id in held)
+    kinds = [{b.id in held for b in s.books} for s in shards]
+    assert all(len(k) == 1 for k in kinds)  # no shard mixes held-out recordings with others
+    first_held = next(i for i, k in enumerate(kinds) if k == {True})
+    assert all(k == {True} for k in kinds[first_held:])  # and they come last
+    order = [p.book for s in shards for p in s.pieces]
+    assert [b for b in dict.fromkeys(order) if b not in held] == [b.id for b in books if b.id not in held]  # input order
+    plan.save()
+    reopened = ShardPlan.open(tmp_path)
+    assert len(reopened) == len(shards) and [s.pieces for s in reopened.shards()] == [s.pieces for s in shards]
+    known, before = reopened.known({"novel", "clip000", "new"}, SplitConfig())
+    assert set(known) == {"novel", "clip000"} and before == Planned(books=301, short_held_out=len(held))
