@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from narrator.errors import ConfigError
+from narrator.evaluation import SUITES as ITEM_SUITES
 from narrator.streaming.config import DataConfig
 from narrator.trainer.model import PRESETS, GPTConfig
 
 TRACKERS = ("tensorboard", "wandb")  # what `trackers` may name
+EVAL_SUITES = ("bits", *ITEM_SUITES)  # what `narrator eval --suite` and `eval_suite` may name
 
 
 @dataclass
@@ -83,6 +85,11 @@ class TrainConfig:
     eval_audio_temperature: float = 1.0
     eval_audio_top_k: int | None = 250
     eval_audio_seed: int = 0  # the same at every evaluation: successive samples differ only by the model
+    # At each evaluation, a small `narrator eval` too, logged in metrics.jsonl beside val_loss: "bits" (bits per
+    # second of audio on the eval_batches), "lexical" and "syntactic" (eval_suite_n spoken minimal pairs each,
+    # tokenized once at the start with the token folder's codec). Empty: off.
+    eval_suite: list[str] = field(default_factory=list)
+    eval_suite_n: int = 32
     log_every: int = 10
     # Where the curves and the evaluation audio go besides OUT/metrics.jsonl: "tensorboard" (OUT/tensorboard) and/or
     # "wandb" (Weights & Biases, project `wandb_project`; files in OUT/wandb; WANDB_MODE=offline keeps them there).
@@ -106,6 +113,10 @@ class TrainConfig:
                               f"'eval_audio_temperature' {self.eval_audio_temperature} >= 0")
         if self.eval_audio_top_k is not None and self.eval_audio_top_k < 1:
             raise ConfigError(f"'eval_audio_top_k': {self.eval_audio_top_k} must be >= 1 (or null: no limit)")
+        unknown = [name for name in self.eval_suite if name not in EVAL_SUITES]
+        if unknown or self.eval_suite_n < 1:
+            raise ConfigError(f"'eval_suite': {', '.join(map(repr, unknown))} is not one of {', '.join(EVAL_SUITES)}"
+                              if unknown else f"'eval_suite_n': {self.eval_suite_n} must be >= 1")
         unknown = [name for name in self.trackers if name not in TRACKERS]
         if unknown:
             raise ConfigError(f"'trackers': {', '.join(map(repr, unknown))} is not one of {', '.join(TRACKERS)}")
