@@ -44,6 +44,7 @@ from narrator.trainer.checkpoint import (ProcessState, TrainerState, check_compl
 from narrator.trainer.config import TrainConfig
 from narrator.trainer.estimate import peak_tflops, workload_from_config
 from narrator.trainer.eval_audio import EvalAudio
+from narrator.trainer.evaluate import SuiteEval
 from narrator.trainer.metrics import MetricsLog, make_trackers
 from narrator.trainer.model import GPT
 from narrator.trainer.optim import build_optimizer
@@ -168,6 +169,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     accelerator.init_trackers(cfg.wandb_project, config=flat_hparams(to_dict(cfg)))  # the trackers were named in make_trackers
     # Audio at each evaluation: the first validation window's start continued (main process; None if off or unable).
     eval_audio = EvalAudio.start(cfg, out, accelerator, layout, val_batches[0][0][0], streams, manifest_dir, metrics)
+    # eval_suite: bits/s and spoken minimal pairs at each evaluation (main process; None if off or unable).
+    suite_eval = SuiteEval.start(cfg, accelerator, layout, streams, manifest_dir)
     last_checkpoint = start
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main_process, unit="step", dynamic_ncols=True)
     val_loss = None
@@ -204,6 +207,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
             if final or val is not None or state.step % cfg.log_every == 0:
                 record = loop_state.record(state.step, lr, val, layout)
                 record.sample = sample
+                if val is not None and suite_eval is not None:
+                    record = suite_eval.record(record, accelerator.unwrap_model(model), val_batches)
                 metrics.log(record)
             if state.step % cfg.plot_every == 0:
                 metrics.plot()
