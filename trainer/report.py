@@ -26,6 +26,7 @@ from narrator.tokenfolder import storage
 from narrator.tokenizers.inspect import inspect_tokens
 from narrator.trainer.checkpoint import STREAMS_NAME, latest_checkpoint, list_checkpoints
 from narrator.trainer.eval_audio import PROMPT_NAME, SAMPLES
+from narrator.trainer.evaluate import RESULTS, PairScore, verdict
 from narrator.trainer.metrics import METRICS_NAME, read_metrics
 
 REPORT_NAME = "report.html"
@@ -54,6 +55,7 @@ def write_report(run: str | Path, max_audio: int = 24) -> Path:
     sections = [
         ("Summary", _summary(run, records)),
         ("Curves", _curves(records)),
+        ("Evaluation", _evaluation(run, records)),
         ("Audio", _audio(run, records, config, max_audio)),
         ("Tokenizer and weights", _identity(run)),
         ("Token statistics", _token_stats(config)),
@@ -187,6 +189,58 @@ def _plot(title: str, series: Series) -> str:
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     image = f'<img src="data:image/png;base64,{data}" alt="{_e(title)}">'
     return f"<figure>{image}<figcaption>{_e(title)}</figcaption></figure>"
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------------
+
+def _evaluation(run: Path, records: list[dict]) -> str:
+    """`narrator eval`'s results (RUN/eval/step_N.json), newest first, and a pointer to eval_suite's curves."""
+    parts = []
+    if any(r.get("bits_per_second") is not None or r.get("lexical_accuracy") is not None for r in records):
+        parts.append(_note("eval_suite's figures at each evaluation (bits_per_second, lexical_accuracy, "
+                           "syntactic_accuracy) are drawn under Curves"))
+    files = sorted((run / RESULTS).glob("step_*.json"), reverse=True)
+    if not files:
+        parts.append(_note(f"no `narrator eval` results yet (`narrator eval --checkpoint {run}` writes "
+                           f"{run / RESULTS}/step_N.json)"))
+    for path in files:
+        try:
+            result = json.loads(path.read_text())
+            parts.append(_eval_result(path, result))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            parts.append(_note(f"{path}: unreadable ({e})"))
+    return "\n".join(parts)
+
+
+def _eval_result(path: Path, r: dict) -> str:
+    out = [f"<h3>step {_e(r['step'])} ({_e(path.name)}, layout {_e(r.get('layout'))})</h3>"]
+    if r.get("random_weights"):
+        out.append(_note(r["random_weights"]))
+    if r.get("bits_per_second") is not None:
+        unigram = r.get("unigram_bits_per_second_per_stream") or {}
+        rows = [[name, f"{v:.1f}", f"{unigram.get(name, float('nan')):.1f}",
+                 f"{(r.get('nats_per_token_per_stream') or {}).get(name, float('nan')):.3f}"]
+                for name, v in r["bits_per_second_per_stream"].items()]
+        rows.append(["total", f"{r['bits_per_second']:.1f}", f"{r.get('unigram_bits_per_second', float('nan')):.1f}", ""])
+        if r.get("dedup_unigram_bits_per_second") is not None:
+            rows.append(["semantic, repeats collapsed", "", f"{r['dedup_unigram_bits_per_second']:.1f}", ""])
+        out.append(f"<p>bits per second of audio on the validation split ({_e(r.get('val_seconds'))} s, "
+                   f"{_e(r.get('val_windows'))} windows); the unigram is each codebook's own id frequencies there</p>")
+        out.append(_table(["stream", "model bits/s", "unigram bits/s", "nats/token"], rows))
+    rows = []
+    for suite in ("lexical", "syntactic"):
+        if suite in r:
+            s = r[suite]
+            score = PairScore(s["accuracy"], s["n"], tuple(s["ci95"]), s["length_baseline"])
+            rows.append([suite, f"{score.accuracy:.3f}", f"{score.ci95[0]:.3f}-{score.ci95[1]:.3f}", score.n,
+                         f"{score.length_baseline:.3f}", verdict(score), s["items"]["sha256"][:16]])
+    if rows:
+        out.append("<p>spoken minimal pairs: the share where the real item's summed log-likelihood beats the fake's; "
+                   "length-only: the share a model would get from 'the shorter side wins'</p>")
+        out.append(_table(["suite", "accuracy", "95% interval", "n", "length-only", "verdict", "items sha256"], rows))
+    for suite, why in (r.get("skipped") or {}).items():
+        out.append(_note(f"{suite}: skipped: {why}"))
+    return "\n".join(out)
 
 
 # --- audio --------------------------------------------------------------------------------------------------------
