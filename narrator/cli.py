@@ -9,6 +9,7 @@ skipped; inspect --verify: 3 when some file fails its checksum).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -88,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int, dest="top_k")
     p.add_argument("--seed", type=int)
+    _common(p)
+
+    p = sub.add_parser("eval", help="judge a checkpoint: bits per second of audio, spoken minimal pairs (lexical, syntactic)",
+                       epilog="docs: docs/train.md (Evaluate)")
+    p.add_argument("--checkpoint", type=Path, help="training output folder (latest checkpoint) or one checkpoint folder")
+    p.add_argument("--suite", help="comma-separated: bits, lexical, syntactic (default all)")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file (RUN/eval/step_N.json is always written)")
+    p.add_argument("--lexical-n", dest="lexical_n", type=int, help="lexical pairs (default 200)")
+    p.add_argument("--syntactic-n", dest="syntactic_n", type=int, help="syntactic pairs (default 100)")
+    p.add_argument("--seed", type=int, help="seed of the item sets (default 0)")
     _common(p)
 
     p = sub.add_parser("report", help="write RUN/report.html: a run's curves, config, tokens and audio in one file",
@@ -186,6 +197,15 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             "checkpoint": "checkpoint", "semantic_checkpoint": "semantic_checkpoint", "prompt": "prompt", "prompt_seconds": "prompt_seconds",
             "seconds": "seconds", "out": "out", "temperature": "temperature", "top_k": "top_k", "seed": "seed"}))
         generate(cfg)
+    elif args.command == "eval":
+        from narrator.trainer.evaluate import EvalConfig, run_eval
+
+        cfg = load_config(EvalConfig, args.config, _flag_overrides(args, {
+            "checkpoint": "checkpoint", "json": "json", "lexical_n": "lexical_n", "syntactic_n": "syntactic_n",
+            "seed": "seed"}))
+        if args.suite is not None:  # replace() checks the names again
+            cfg = dataclasses.replace(cfg, suites=[s.strip() for s in args.suite.split(",") if s.strip()])
+        run_eval(cfg)
     elif args.command == "report":
         from narrator.trainer.report import write_report
 
