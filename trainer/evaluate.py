@@ -13,11 +13,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -219,6 +220,19 @@ def measure_bits(model: GPT, layout: Layout, windows: np.ndarray, batch_size: in
 
 # --- spoken minimal pairs -----------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread for a while: an item is under a second of audio, too little work to split, and on a
+    busy 2-core machine a second thread mostly waits (32 words: 1.6-1.9 s on one thread, 15-22 s on two while
+    other processes ran)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class AudioTokenizer:
     """24 kHz audio -> the token sequence a layout reads, made as the checkpoint's tokens were: its EnCodec for
@@ -271,8 +285,9 @@ class PairTokens:
         layout = tokenizer.layout
         head = layout.boundary_unit
         side = lambda audio: np.concatenate([head, tokenizer.tokens(audio)])  # noqa: E731
-        return cls(item_set, [side(a) for a in item_set.real_audio], [side(a) for a in item_set.fake_audio],
-                   len(head), layout.unit_tokens)
+        with one_thread():
+            real, fake = [side(a) for a in item_set.real_audio], [side(a) for a in item_set.fake_audio]
+        return cls(item_set, real, fake, len(head), layout.unit_tokens)
 
     def score(self, model: GPT, batch_size: int = 32) -> PairScore:
         """Real vs fake by the model's summed log-likelihood of each side's own tokens."""
