@@ -1,6 +1,6 @@
 """`narrator demo` (`make demo`): the whole pipeline on the built-in sample book.
 
-sample-book -> tokenize (Ray, 2 actors) -> train a small GPT on the CPU -> plots -> generate.
+sample-book -> tokenize (Ray, 2 actors) -> train a small GPT on the CPU -> plots -> generate -> eval.
 Each step is skipped when its output is already complete, so a rerun resumes. This is the one
 command that may fall back to random-init EnCodec weights, and it says so plainly when it does.
 """
@@ -28,6 +28,8 @@ class DemoConfig:
     actors: int = 2
     prompt_seconds: float = 3.0
     generate_seconds: float = 10.0
+    eval_lexical_n: int = 100  # spoken minimal pairs `narrator eval` scores the model on (0: that suite left out)
+    eval_syntactic_n: int = 50
 
 
 def _banner(text: str) -> None:
@@ -55,6 +57,8 @@ def run_demo(cfg: DemoConfig) -> None:
 
     from narrator.tokenizers.config import TokenizeConfig
     from narrator.tokenizers.pipeline import tokenize
+    from narrator.trainer.checkpoint import latest_checkpoint, read_state
+    from narrator.trainer.evaluate import EvalConfig, results_file, run_eval
     from narrator.trainer.generate import GenerateConfig, generate
     from narrator.trainer.report import write_report
     from narrator.trainer.run import main as train_main
@@ -65,13 +69,13 @@ def run_demo(cfg: DemoConfig) -> None:
     book, tokens, train, sample = out / "book.wav", out / "tokens", out / "train", out / "sample.wav"
     started = time.time()
 
-    _banner(f"1/4 sample book: {cfg.minutes:g} minutes of offline TTS -> {book}")
+    _banner(f"1/5 sample book: {cfg.minutes:g} minutes of offline TTS -> {book}")
     if book.exists():
         print(f"{book} exists, kept")
     else:
         write_sample_book(book, SampleBookConfig(minutes=cfg.minutes))
 
-    _banner(f"2/4 tokenize with Ray ({cfg.actors} actors) -> {tokens}")
+    _banner(f"2/5 tokenize with Ray ({cfg.actors} actors) -> {tokens}")
     tokenize_cfg = load_config(TokenizeConfig, cfg.tokenize_config)
     mode = _choose_weights(cfg, tokenize_cfg)
     tokenize_cfg = load_config(TokenizeConfig, cfg.tokenize_config,
@@ -81,23 +85,34 @@ def run_demo(cfg: DemoConfig) -> None:
         raise NarratorError(f"{book}: tokenization failed ({report.failed[0].error})")
     ray.shutdown()  # give the cores back to training
 
-    _banner(f"3/4 train a small GPT for {cfg.steps} steps on the CPU -> {train}")
+    _banner(f"3/5 train a small GPT for {cfg.steps} steps on the CPU -> {train}")
     status = train_main(["--config", cfg.train_config, "--set", f"data.manifest={tokens}",
                          "--set", f"out={train}", "--set", f"max_steps={cfg.steps}"])
     if status != 0:
         raise NarratorError(f"{train}: training failed (exit status {status}); rerun `make demo` to resume")
 
-    _banner(f"4/4 generate {cfg.generate_seconds:g} s after a {cfg.prompt_seconds:g} s prompt -> {sample}")
+    _banner(f"4/5 generate {cfg.generate_seconds:g} s after a {cfg.prompt_seconds:g} s prompt -> {sample}")
     generate(GenerateConfig(checkpoint=str(train), prompt=str(book), prompt_seconds=cfg.prompt_seconds,
                             seconds=cfg.generate_seconds, out=str(sample)))
 
-    page = write_report(train)  # the curves and the evaluation samples in one file
+    _banner("5/5 eval: bits per second of audio and spoken minimal pairs (a model this small is expected near chance)")
+    checkpoint = latest_checkpoint(train)
+    results = results_file(checkpoint, read_state(checkpoint).step)
+    if results.is_file():
+        print(f"{results} exists, kept")
+    else:
+        pairs = {"lexical": cfg.eval_lexical_n, "syntactic": cfg.eval_syntactic_n}
+        run_eval(EvalConfig(checkpoint=str(checkpoint), suites=["bits", *(s for s, n in pairs.items() if n > 0)],
+                            lexical_n=max(1, cfg.eval_lexical_n), syntactic_n=max(1, cfg.eval_syntactic_n)))
+
+    page = write_report(train)  # the curves, the evaluation samples and the eval results in one file
 
     minutes = (time.time() - started) / 60
     outputs = [(book, "the sample book (24 kHz mono)"),
                (f"{tokens}/", f"shards/acoustic/*.tar, manifest.json, index/, plan/ (see `narrator inspect {tokens}`)"),
                (f"{train}/", "metrics.jsonl, train_loss.png, val_loss.png, samples/, checkpoints/"),
-               (page, "curves, config, tokenizer identity and every evaluation sample (`narrator report`)"),
+               (page, "curves, config, tokenizer identity, every evaluation sample and the eval results (`narrator report`)"),
+               (results, "`narrator eval`: bits/s on the validation split, lexical and syntactic pair accuracy"),
                (sample, f"{cfg.prompt_seconds:g} s prompt + {cfg.generate_seconds:g} s continuation")]
     width = max(len(str(path)) for path, _ in outputs)
     print(f"\nDemo finished in {minutes:.1f} min (EnCodec weights: {mode}). Outputs:")
