@@ -27,7 +27,7 @@ def entropy_bits(ids: np.ndarray) -> float:
         return 0.0
     counts = np.unique(ids, return_counts=True)[1].astype(np.float64)
     p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+    return max(0.0, float(-(p * np.log2(p)).sum()))  # one id alone: 0, not -0
 
 
 def dedup_runs(ids: np.ndarray) -> np.ndarray:
