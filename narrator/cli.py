@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="-1", help="encoder layers, comma-separated (-1: final output; 0..n-1: blocks)")
     p.add_argument("--k", default="256,1024", help="k-means sizes, comma-separated")
     p.add_argument("--seconds", type=float, default=600.0, help="audio to read, at most (default 600)")
+    p.add_argument("--standardize", help="k-means on raw and/or z-scored frames, comma-separated: false,true "
+                   "(default: the config's kmeans.standardize)")
+    p.add_argument("--abx-pairs", dest="abx_pairs", type=int, default=100,
+                   help="minimal pairs of words, said by 5 espeak-ng voices, for the ABX error of each layer's ids and "
+                   "embeddings (default 100; 0: no ABX)")
+    p.add_argument("--abx-seed", dest="abx_seed", type=int, default=0, help="seed of the ABX word pairs (default 0)")
     p.add_argument("--allow-outside-root", dest="allow_outside_root", action="store_true",
                    help="read catalog rows whose audio lies outside the catalog's folder")
     _common(p)  # a tokenize config: its whisper and kmeans sections
@@ -130,6 +136,13 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise NarratorError(f"{flag} {text!r}: expected whole numbers separated by commas") from None
 
 
+def _bool_list(text: str, flag: str) -> list[bool]:
+    words = [x.strip().lower() for x in text.split(",") if x.strip()]
+    if not words or any(w not in ("true", "false") for w in words):
+        raise NarratorError(f"{flag} {text!r}: expected true and/or false separated by commas")
+    return [w == "true" for w in words]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -167,8 +180,14 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         cfg = load_config(TokenizeConfig, args.config, args.overrides)
         layers, ks = (_int_list(args.layers, "--layers"), _int_list(args.k, "--k"))
+        standardize = None if args.standardize is None else _bool_list(args.standardize, "--standardize")
         books = resolve_inputs(args.inputs, allow_outside_root=args.allow_outside_root)
-        print(kmeans_report(cfg, [b.source for b in books], layers, ks, args.seconds))
+        measure = None
+        if args.abx_pairs:  # built here: tokenizers/ does not import evaluation/
+            from narrator.evaluation.abx import word_abx
+
+            measure = word_abx(args.abx_pairs, args.abx_seed)
+        print(kmeans_report(cfg, [b.source for b in books], layers, ks, args.seconds, standardize, measure))
     elif args.command == "inspect" and args.verify:
         from narrator.tokenizers.inspect import VERIFY_FAILED, verify_tokens
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -601,6 +602,20 @@ class LayerRow:
     dead_clusters: int  # on the fit frames
     entropy_bits: float  # held-out
     seconds: float  # fit
+    abx_ids: tuple[float, float] | None = None  # the probe's score of the ids and its 95% half-width (ABX error)
+    abx_embeddings: tuple[float, float] | None = None  # the same of the embeddings before k-means (standardised if the fit is)
+
+
+class FrameProbe(Protocol):
+    """What frames carry, measured beside the quantization error on audio of its own (evaluation/abx.py's
+    WordAbx: word discrimination across voices). The report embeds `audio` at each layer it compares."""
+
+    description: str  # one line for the report
+    audio: np.ndarray  # float32 mono at the embedder's sample rate
+
+    def score_ids(self, ids: np.ndarray) -> tuple[float, float]: ...  # ids [T] of the audio's frames -> (score, 95% +-)
+
+    def score_embeddings(self, embeddings: np.ndarray) -> tuple[float, float]: ...  # [T, D]
 
 
 def heldout_rows(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -614,33 +629,47 @@ def heldout_rows(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def compare_layers(frames_by_layer: Mapping[str, np.ndarray], ks: Sequence[int], seed: int = 0,
-                   cfg: KmeansConfig | None = None) -> list[LayerRow]:
+                   cfg: KmeansConfig | None = None, probe: FrameProbe | None = None,
+                   probe_frames: Mapping[str, np.ndarray] | None = None) -> list[LayerRow]:
     """Fit k-means for every layer and k on the same frames (rows in time order, the same rows held out
-    for every layer of equal length) and measure each; `cfg` supplies the other fit settings."""
+    for every layer of equal length) and measure each; `cfg` supplies the other fit settings. With a
+    `probe`, each layer's `probe_frames` (its embeddings of `probe.audio`) are scored as they are and
+    as the ids each fit assigns them."""
     base = cfg or KmeansConfig(heldout_fraction=0.1)
     rows = []
     for layer, frames in frames_by_layer.items():
         x = _frames(frames, np.asarray(frames).shape[-1], f"layer {layer}")
         held = heldout_rows(len(x), base.heldout_fraction, seed)
+        abx_embeddings = None
         for k in ks:
             c = replace(base, k=k, seed=seed, path=None)
             centroids, scale, fit = _fit_centroids(x[~held], c)
             assigner = CentroidAssigner(centroids, scale)
             q_fit = quality(x[~held], assigner)
             q = quality(x[held], assigner) if held.any() else q_fit
+            abx_ids = None
+            if probe is not None and probe_frames is not None:
+                at_layer = probe_frames[layer]
+                abx_ids = tuple(probe.score_ids(assigner.assign(at_layer)))
+                if abx_embeddings is None:  # the scale is the fit frames' mean and std, the same for every k
+                    abx_embeddings = tuple(probe.score_embeddings(assigner.transform(at_layer).cpu().numpy()))
             rows.append(LayerRow(layer=str(layer), dims=x.shape[1], k=k, fit_frames=int((~held).sum()),
                                  heldout_frames=int(held.sum()), relative_error=q.relative_error,
                                  fit_relative_error=q_fit.relative_error, perplexity=q.perplexity,
-                                 dead_clusters=q_fit.dead_clusters, entropy_bits=q.entropy_bits, seconds=fit.seconds))
+                                 dead_clusters=q_fit.dead_clusters, entropy_bits=q.entropy_bits, seconds=fit.seconds,
+                                 abx_ids=abx_ids, abx_embeddings=abx_embeddings))
     return rows
 
 
 def format_table(rows: Sequence[LayerRow]) -> str:
     """The rows as an aligned text table (one header line, one line per row)."""
-    head = ["layer", "dims", "k", "fit frames", "held-out", "rel. error", "rel. error (fit)", "perplexity",
-            "dead", "bits/token", "fit s"]
+    probed = any(r.abx_ids is not None for r in rows)
+    abx = lambda score: "-" if score is None else f"{score[0]:.3f}±{score[1]:.3f}"
+    head = ["layer", "dims", "k", "fit frames", "held-out", "rel. error", *(["ABX ids", "ABX emb."] if probed else []),
+            "rel. error (fit)", "perplexity", "dead", "bits/token", "fit s"]
     body = [[r.layer, str(r.dims), str(r.k), f"{r.fit_frames:,}", f"{r.heldout_frames:,}", f"{r.relative_error:.3f}",
-             f"{r.fit_relative_error:.3f}", f"{r.perplexity:.1f}", str(r.dead_clusters), f"{r.entropy_bits:.2f}",
+             *([abx(r.abx_ids), abx(r.abx_embeddings)] if probed else []),
+             f"{r.fit_relative_error:.3f}", f"{r.perplexity:.1f}", str(r.dead_clusters), f"{r.entropy_bits + 0.0:.2f}",
              f"{r.seconds:.1f}"] for r in rows]
     widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
     fmt = lambda line: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))

@@ -20,8 +20,8 @@ from narrator.errors import NarratorError
 from narrator.tokenizers.audio import probe, read_segment
 from narrator.tokenizers.chunking import ChunkSpec
 from narrator.tokenizers.config import SAMPLE_RATE, TokenizeConfig, WhisperConfig
-from narrator.tokenizers.kmeans import (EmbeddingSource, KmeansModel, SamplePlan, compare_layers, fit_or_load, format_table,
-                                        kmeans_paths, load_kmeans)
+from narrator.tokenizers.kmeans import (EmbeddingSource, FrameProbe, KmeansModel, SamplePlan, compare_layers, fit_or_load,
+                                        format_table, kmeans_paths, load_kmeans)
 from narrator.tokenfolder.manifest import SEMANTIC, StreamInfo
 from narrator.tokenizers.whisper import FRAME_RATE, WINDOW_FRAMES, WhisperEmbedder
 
@@ -99,10 +99,11 @@ def semantic_stream_info(tcfg: TokenizeConfig, tokenizer: SemanticTokenizer, out
 
 
 def kmeans_report(tcfg: TokenizeConfig, sources: Sequence[str], layers: Sequence[int], ks: Sequence[int],
-                  max_seconds: float) -> str:
-    """`narrator kmeans-report`: k-means quality of several encoder layers and k on up to `max_seconds` of
-    the given audio, as a table, so a layer is chosen from numbers (WhisperSpeech found the final layer
-    keeps little). Frames are held out in whole seconds; `kmeans.standardize` applies as in a real fit."""
+                  max_seconds: float, standardize: Sequence[bool] | None = None, measure: FrameProbe | None = None) -> str:
+    """`narrator kmeans-report`: k-means of several encoder layers, k and standardizations on up to `max_seconds` of
+    the given audio, as tables, so a layer is chosen from numbers (WhisperSpeech found the final layer keeps
+    little). Frames are held out in whole seconds. `standardize` None: `kmeans.standardize`. With a `measure`
+    (evaluation/abx.py), what the ids and the embeddings carry of its audio is measured beside the error."""
     embedder = WhisperEmbedder(tcfg.whisper)
     state = embedder.encoder.state_dict()
     audio = []
@@ -114,16 +115,25 @@ def kmeans_report(tcfg: TokenizeConfig, sources: Sequence[str], layers: Sequence
         left -= seconds
         if left <= 0:
             break
-    frames = {}
+    frames, measure_frames = {}, {}
     for layer in layers:
         cfg = replace(tcfg.whisper, layer=layer)
         at_layer = WhisperEmbedder.from_state_dict(cfg, state, embedder.weights_identity())
-        frames["final" if layer == -1 else str(layer)] = np.concatenate([at_layer.embed(a) for a in audio])
+        name = "final" if layer == -1 else str(layer)
+        frames[name] = np.concatenate([at_layer.embed(a) for a in audio])
+        if measure is not None:
+            measure_frames[name] = at_layer.embed(measure.audio)
     total = sum(len(a) for a in audio) / SAMPLE_RATE
-    rows = compare_layers(frames, ks, seed=tcfg.kmeans.seed, cfg=tcfg.kmeans)
-    return (f"Whisper {tcfg.whisper.model} ({embedder.weights_identity().mode} weights), {total:.0f} s of audio from "
-            f"{len(audio)} files, standardize={tcfg.kmeans.standardize}; relative error = squared distance to the nearest "
-            "centroid / variance (0 keeps everything, 1 keeps nothing), measured on held-out seconds\n" + format_table(rows))
+    lines = [f"Whisper {tcfg.whisper.model} ({embedder.weights_identity().mode} weights), {total:.0f} s of audio from "
+             f"{len(audio)} files; relative error = squared distance to the nearest centroid / variance (0 keeps "
+             "everything, 1 keeps nothing), measured on held-out seconds"]
+    if measure is not None:
+        lines.append(measure.description)
+    for z in (tcfg.kmeans.standardize,) if standardize is None else standardize:
+        rows = compare_layers(frames, ks, seed=tcfg.kmeans.seed, cfg=replace(tcfg.kmeans, standardize=z),
+                              probe=measure, probe_frames=measure_frames)
+        lines += [f"standardize={str(z).lower()}", format_table(rows)]
+    return "\n".join(lines)
 
 
 def load_semantic_tokenizer(info: StreamInfo, device: str | torch.device = "cpu",
