@@ -93,7 +93,7 @@ def test_inspect_reports_each_stream(folder):
     assert "stream:    acoustic: encodec 1.5 kbps, 2 x 1024 ids at 75 Hz" in text and "(0.54 M per hour)" in text
     used = [line for line in text.splitlines() if line.startswith("  ids:")]
     assert len(used) == 2 and all("of the vocabulary used, entropy" in line for line in used)
-    assert "k-means: kmeans/semantic.json, k=16, layer -1" in text
+    assert "k-means: kmeans/semantic.json, k=16, layer 3" in text
     stats = {t["name"]: t["stats"] for t in json.loads(inspect_tokens(out, as_json=True))["streams"]}
     assert stats["semantic"]["max_entropy_bits"] == 4.0 and 0 < stats["semantic"]["entropy_bits"][0] <= 4.0
     assert len(stats["acoustic"]["usage"]) == 2
@@ -110,7 +110,8 @@ def test_kmeans_report_compares_layers_and_k(tmp_path, speech_wav, capsys):
 
     audio = speech_wav(tmp_path / "a.wav", 40.0, seed=5)
     assert main(["kmeans-report", str(audio), "--config", str(REPO / "configs/tokenize/semantic_acoustic.yaml"),
-                 "--set", "whisper.weights.mode=random", "--layers=-1,1", "--k", "8,32", "--seconds", "30"]) == 0
+                 "--set", "whisper.weights.mode=random", "--layers=-1,1", "--k", "8,32", "--seconds", "30",
+                 "--abx-pairs", "0"]) == 0  # the ABX columns: tests/test_kmeans_report.py
     text = capsys.readouterr().out
     assert "Whisper tiny.en (random weights), 30 s of audio from 1 files" in text
     rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["final"], ["1"])]
