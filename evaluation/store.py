@@ -6,7 +6,6 @@ if audio.npy and the whole set still hash to what the index recorded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,19 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from narrator.errors import NarratorError
+from narrator.tokenfolder.storage import sha256 as file_sha256
 
 from .items import VERSION, Item, ItemSet, content_sha256
 
 FORMAT = "narrator-eval-items/1"
 INDEX, AUDIO = "index.json", "audio.npy"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_item_set(folder: Path, item_set: ItemSet) -> ItemSet:

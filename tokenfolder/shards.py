@@ -68,11 +68,7 @@ def decode_npy(data: bytes) -> np.ndarray:
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return storage.sha256(path)
 
 
 @dataclass

@@ -34,6 +34,7 @@ import torch
 from narrator.config import from_dict, to_dict
 from narrator.errors import ConfigError, NarratorError
 from narrator.tokenizers.config import KmeansConfig
+from narrator.tokenfolder.storage import sha256 as file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -400,17 +401,9 @@ def _save_array(array: np.ndarray, path: Path) -> ArrayFile:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array, np.float32), allow_pickle=False)
-    sha = _sha256_file(tmp)
+    sha = file_sha256(tmp)
     os.replace(tmp, path)
     return ArrayFile(file=path.name, sha256=sha, shape=list(array.shape), dtype="float32")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_kmeans(path: str | Path, expected: EmbeddingSource | None = None, k: int | None = None) -> KmeansModel:
@@ -453,7 +446,7 @@ def _load_array(json_path: Path, rec: ArrayFile, shape: list[int]) -> np.ndarray
     path = json_path.with_name(rec.file)
     if not path.is_file():
         raise NarratorError(f"{path}: missing, but {json_path.name} names it")
-    sha = _sha256_file(path)
+    sha = file_sha256(path)
     if sha != rec.sha256:
         raise NarratorError(f"{path}: sha256 {sha[:12]} differs from the {rec.sha256[:12]} recorded in {json_path.name}")
     try:
