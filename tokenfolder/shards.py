@@ -12,7 +12,6 @@ small object, `shards/<stream>/written/<index:06d>.tar.json`, and readers take b
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
