@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from narrator.streaming.layout import dedup_runs
+
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
@@ -28,14 +30,6 @@ def entropy_bits(ids: np.ndarray) -> float:
     counts = np.unique(ids, return_counts=True)[1].astype(np.float64)
     p = counts / counts.sum()
     return max(0.0, float(-(p * np.log2(p)).sum()))  # one id alone: 0, not -0
-
-
-def dedup_runs(ids: np.ndarray) -> np.ndarray:
-    """The ids with every run of repeats collapsed to one (1 1 1 5 5 1 -> 1 5 1)."""
-    ids = np.asarray(ids).reshape(-1)
-    if not len(ids):
-        return ids
-    return ids[np.concatenate([[True], ids[1:] != ids[:-1]])]
 
 
 def unigram_bits_per_second(codebooks: Sequence[np.ndarray], seconds: float) -> float:

@@ -30,6 +30,10 @@ class DataConfig:
     # acoustic tokens of the same slots. All but flat need a `semantic` stream in the token folder.
     layout: Literal["flat", "acoustic", "semantic", "interleaved", "prefix"] = "flat"
     shared_vocab: bool = False  # flat only; true: all codebooks share ids 0..1023 (no per-codebook offsets)
+    # semantic only; true: each run of repeated ids is collapsed to one (GSLM's units), so the model reads what is
+    # said, not how long each sound lasts; its ids hold no durations, so it cannot drive the prefix stage or be
+    # voiced. Measured against false in benchmarks/RESULTS.md ("Layouts on one scale").
+    dedup_semantic: bool = False
     # The validation split is the token folder's (`split:` of its tokenize config, recorded in manifest.json).
     # Set here, it is re-derived for this run, with one line saying so (a semantic stream's k-means was fit
     # away from the folder's split, not from this one). None: the folder's.

@@ -71,7 +71,7 @@ def data_vocab(cfg: DataConfig, manifest: Manifest, where: str | Path = MANIFEST
             shapes[name] = StreamShape(name, info.n_codebooks, info.codebook_size)
         except ValueError as e:
             raise NarratorError(f"{where}: stream {name!r}: {e}") from None
-    layout = make_layout(cfg.layout, shapes, shared_vocab=cfg.shared_vocab)
+    layout = make_layout(cfg.layout, shapes, shared_vocab=cfg.shared_vocab, dedup_semantic=cfg.dedup_semantic)
     return layout, layout.vocab_size
 
 
@@ -332,6 +332,14 @@ class TokenShards:
                           f[:, part.start * SLOT_FRAMES[stream] : part.end * SLOT_FRAMES[stream]])
                           for stream, f in frames.items()}
                 yield _Piece(ref_record.book, part.book_start, part.frames, self.layout.pack(pieces))
+
+    def count_tokens(self, split: Literal["train", "val"]) -> tuple[int, int]:
+        """(tokens, slots) of `split` as the layout packs it, boundaries left out."""
+        tokens = slots = 0
+        shards = self.train if split == "train" else self.val
+        for piece in self._pieces(((i, chunk) for i in shards for chunk in _joined(self.urls[i])), split):
+            tokens, slots = tokens + len(piece.tokens), slots + piece.slots
+        return tokens, slots
 
     @staticmethod
     def _record(stream: str, sample: dict) -> ChunkRecord:
@@ -698,6 +706,16 @@ def val_windows(sources: TokenShards | Sequence[TokenShards], block_size: int, r
     if len(windows) >= world_size:
         windows = windows[rank::world_size]
     return np.stack(windows).astype(np.int32)
+
+
+def val_tokens_per_second(sources: Sequence[TokenShards]) -> float:
+    """Tokens per second of held-out audio as the sources' layout packs it, boundaries left out: the token rate of
+    a layout that has no fixed one (data.dedup_semantic), for bits per second."""
+    counts = np.array([shards.count_tokens("val") for shards in sources]).sum(0)
+    tokens, slots = int(counts[0]), int(counts[1])
+    if not slots:
+        raise NarratorError(f"{' and '.join(s.where for s in sources)}: no held-out tokens")
+    return tokens / (slots * SLOT_SECONDS)
 
 
 def build_val_loader(sources: Sequence[TokenShards], block_size: int, batch_size: int, rank: int,

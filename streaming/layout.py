@@ -5,6 +5,7 @@ Both lie on a 40 ms slot grid (3 acoustic frames, 2 semantic ids per slot), so l
 line up slot by slot. Each layout is a small class with one interface (after audiocraft's
 codebooks_patterns): a unit pattern repeated over time (`FlatLayout` = acoustic, `SemanticLayout`,
 `InterleavedLayout`), or a per-window arrangement (`PrefixLayout`, AudioLM's coarse stage).
+`DedupSemanticLayout` (data.dedup_semantic) is the semantic layout with runs of repeated ids collapsed.
 
 Ids: each stream owns one range, in `streams` order from 0; the special tokens (`SpecialTokens`)
 come after every stream id. A whole unit of boundary tokens separates recordings inside a window,
@@ -23,6 +24,7 @@ import numpy as np
 from narrator.errors import ConfigError
 
 SLOT_SECONDS = 0.04
+SEMANTIC = "semantic"
 SLOT_FRAMES = {"semantic": 2, "acoustic": 3}  # frames per 40 ms slot: ids at 50 Hz, EnCodec frames at 75 Hz
 
 
@@ -115,6 +117,7 @@ class Layout(ABC):
     special: SpecialTokens
     group_names: list[str]
     unit_tokens: int  # the packed stream is cut in whole units of this many tokens
+    dedup_semantic = False  # True: the semantic ids' runs of repeats are collapsed, so tokens have no fixed rate
 
     def _assign_ids(self, infos: Sequence[StreamShape], widths: Sequence[int], separator: bool = False) -> None:
         """Give each stream the next range of ids, in order, and the special tokens after them all."""
@@ -307,6 +310,48 @@ class SemanticLayout(PatternLayout):
         super().__init__([semantic], {"semantic": SLOT_FRAMES["semantic"]})
 
 
+def dedup_runs(ids: np.ndarray) -> np.ndarray:
+    """The ids with every run of repeats collapsed to one (1 1 1 5 5 1 -> 1 5 1)."""
+    ids = np.asarray(ids).reshape(-1)
+    if not len(ids):
+        return ids
+    return ids[np.concatenate([[True], ids[1:] != ids[:-1]])]
+
+
+class DedupSemanticLayout(Layout):
+    """Semantic ids with each run of repeats collapsed to one id (GSLM's units): the model reads what is said
+    and not how long each sound lasts (70% of 50 Hz ids repeat the one before). The unit is one id.
+
+    Ids then have no fixed rate: a decoded run is the collapsed ids, not 50 Hz frames, so it holds no
+    durations and nothing is voiced from it; bits per second need the collapsed ids' rate measured on the
+    audio (`narrator eval` measures it on the validation split). A run crossing two pieces of one book
+    (chunks) keeps one repeat at the join.
+    """
+
+    dedup_semantic = True
+
+    def __init__(self, semantic: StreamShape):
+        self._assign_ids([semantic], [semantic.codebook_size])
+        self.unit_tokens = 1
+        self.group_names = [semantic.name]
+
+    def encode(self, streams: Mapping[str, np.ndarray]) -> np.ndarray:
+        if SEMANTIC not in streams:
+            raise ValueError("missing stream(s) semantic")
+        return dedup_runs(self.infos[SEMANTIC].frames(streams[SEMANTIC])[0])
+
+    def decode(self, tokens: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The runs between boundary tokens; a token from outside the ids wraps into them."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        cuts = np.flatnonzero(tokens == self.boundary_token)
+        starts, ends = np.concatenate([[0], cuts + 1]), np.concatenate([cuts, [len(tokens)]])
+        size = self.infos[SEMANTIC].codebook_size
+        return [{SEMANTIC: tokens[a:b] % size} for a, b in zip(starts, ends)]
+
+    def position_groups(self, length: int) -> np.ndarray:
+        return np.zeros(length, np.int64)
+
+
 class InterleavedLayout(PatternLayout):
     """One sequence over time in 40 ms slots: the slot's 2 semantic ids, then its 3 acoustic frames
     (codebooks in order), so one LM predicts the next semantic and acoustic tokens and generates both."""
@@ -413,7 +458,7 @@ LAYOUTS = {"flat": ("acoustic",), "acoustic": ("acoustic",), "semantic": ("seman
 
 
 def make_layout(name: str, streams: int | Mapping[str, StreamShape | tuple[int, int]], codebook_size: int = 1024,
-                shared_vocab: bool = False) -> Layout:
+                shared_vocab: bool = False, dedup_semantic: bool = False) -> Layout:
     """The layout `name` over `streams` ({stream: StreamShape or (n_codebooks, codebook_size)}).
 
     The old call `make_layout("flat", n_codebooks, codebook_size, shared_vocab)` still works.
@@ -427,12 +472,15 @@ def make_layout(name: str, streams: int | Mapping[str, StreamShape | tuple[int, 
     if missing:
         raise ConfigError(f"'data.layout': layout {name!r} needs the {' and '.join(missing)} stream, "
                           f"the tokens hold {', '.join(infos) or 'none'}")
+    if dedup_semantic and name != "semantic":
+        raise ConfigError(f"'data.dedup_semantic': only the semantic layout collapses repeated ids, not {name!r} "
+                          "(its semantic ids are laid out beside the acoustic frames of the same 40 ms)")
     if name in ("flat", "acoustic"):
         return FlatLayout(infos["acoustic"].n_codebooks, infos["acoustic"].codebook_size, shared_vocab)
     if shared_vocab:
         raise ConfigError(f"'data.shared_vocab': only the flat (acoustic) layout shares ids between codebooks, "
                           f"not {name!r}")
     if name == "semantic":
-        return SemanticLayout(infos["semantic"])
+        return DedupSemanticLayout(infos["semantic"]) if dedup_semantic else SemanticLayout(infos["semantic"])
     cls = InterleavedLayout if name == "interleaved" else PrefixLayout
     return cls(infos["semantic"], infos["acoustic"])

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from narrator.evaluation.scores import (dedup_runs, dedup_unigram_bits_per_second, entropy_bits, pair_score,
+from narrator.evaluation.scores import (dedup_unigram_bits_per_second, entropy_bits, pair_score,
                                         unigram_bits_per_second, wilson_interval)
 from narrator.streaming.config import DataConfig
-from narrator.streaming.dataset import TokenShards, open_folder, val_windows
+from narrator.streaming.dataset import TokenShards, open_folder, val_tokens_per_second, val_windows
+from narrator.streaming.layout import dedup_runs
 from narrator.trainer.evaluate import measure_bits, summed_log_likelihoods
 from narrator.trainer.model import GPT, GPTConfig
 
@@ -96,3 +97,31 @@ def test_a_sequence_longer_than_the_block_is_scored_in_windows_that_reach_every_
     assert ll == pytest.approx([-n * math.log(50) for n in scored], rel=1e-5)
     with pytest.raises(ValueError, match="half the block"):
         summed_log_likelihoods(model, sequences, [2, 2, 0], align=9)
+
+
+def test_dedup_semantic_bits_use_the_collapsed_ids_rate_measured_on_the_same_audio(tmp_path):
+    """A dedup_semantic layout has no fixed token rate: bits per second take the collapsed ids per second of the
+    held-out audio, which is what collapsing the plain layout's held-out ids gives; without a rate it is refused."""
+    folder = make_token_folder(tmp_path / "tokens", books=2, seconds=30.0, n_codebooks=2,
+                               streams=("acoustic", "semantic"), semantic_k=64)
+    manifest, root = open_folder(folder)
+    plain = TokenShards.open(DataConfig(manifest=str(folder), layout="semantic"), manifest, root)
+    pieces = [p for p in plain.token_stream(plain.val, "val") if not (p == plain.layout.boundary_token).all()]
+    expected = sum(len(dedup_runs(p)) for p in pieces) / (sum(len(p) for p in pieces) / 50.0)
+    assert 40 < expected < 50  # random ids below 16: about 1 in 16 repeats the one before
+
+    shards = TokenShards.open(DataConfig(manifest=str(folder), layout="semantic", dedup_semantic=True), manifest, root)
+    rate = val_tokens_per_second([shards])
+    assert rate == pytest.approx(expected)
+    block = 64
+    windows = val_windows(shards, block, 0, 1)
+    model = _uniform_model(shards.layout.vocab_size, block)
+    with pytest.raises(ValueError, match="no fixed rate"):
+        measure_bits(model, shards.layout, windows)
+    bits = measure_bits(model, shards.layout, windows, tokens_per_second={"semantic": rate})
+    assert bits.tokens_per_second == {"semantic": rate}
+    assert bits.per_stream["semantic"] == pytest.approx(math.log2(65) * rate, rel=1e-4)
+    # The collapsed ids' unigram is the plain layout's dedup unigram of the same audio.
+    reference = measure_bits(_uniform_model(plain.layout.vocab_size, block), plain.layout, val_windows(plain, block, 0, 1))
+    assert bits.unigram_per_stream["semantic"] == pytest.approx(reference.dedup_unigram, rel=0.05)
+    assert bits.dedup_unigram == pytest.approx(bits.unigram_per_stream["semantic"], rel=0.01)

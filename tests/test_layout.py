@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from narrator.errors import ConfigError
-from narrator.streaming.layout import (FlatLayout, InterleavedLayout, PrefixLayout, SemanticLayout, SpecialTokens,
+from narrator.streaming.layout import (DedupSemanticLayout, FlatLayout, InterleavedLayout, PrefixLayout, SemanticLayout, SpecialTokens,
                                        StreamShape, make_layout)
 
 
@@ -317,3 +317,17 @@ def test_make_layout_builds_every_layout_from_stream_infos():
         make_layout("flat", {"text": (1, 10)})
     with pytest.raises(ValueError, match="one codebook"):
         make_layout("semantic", {"semantic": (2, 10)})
+
+
+def test_dedup_semantic_collapses_each_run_of_repeats_and_splits_at_boundaries():
+    layout = make_layout("semantic", {"semantic": (1, 64)}, dedup_semantic=True)
+    assert type(layout) is DedupSemanticLayout and layout.dedup_semantic and layout.unit_tokens == 1
+    assert (layout.vocab_size, layout.boundary_token) == (65, 64)
+    ids = np.array([3, 3, 3, 7, 7, 3, 9, 9])  # 4 slots, 8 ids at 50 Hz
+    np.testing.assert_array_equal(layout.encode({"semantic": ids}), [3, 7, 3, 9])
+    runs = layout.decode(np.array([3, 7, 64, 9, 9, 64 + 5]))  # a token past the ids wraps into them
+    assert [r["semantic"].tolist() for r in runs] == [[3, 7], [9, 9, 5]]
+    assert layout.target_groups(5).tolist() == [0] * 5 and layout.group_names == ["semantic"]
+    for name in ("flat", "interleaved", "prefix"):
+        with pytest.raises(ConfigError, match=f"'data.dedup_semantic': only the semantic layout .* not '{name}'"):
+            make_layout(name, {"semantic": (1, 64), "acoustic": (2, 1024)}, dedup_semantic=True)

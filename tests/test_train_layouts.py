@@ -143,3 +143,36 @@ def test_per_group_losses_weighted_by_their_targets_make_the_overall_loss(name, 
         assert loss == pytest.approx(sum(val.per_group[g] * val.targets[g] for g in mine) /
                                      sum(val.targets[g] for g in mine))
     assert set(val.per_stream) == set(layout.streams) and all(math.isfinite(v) for v in val.per_group.values())
+
+
+def test_dedup_semantic_trains_is_recorded_judged_at_its_measured_rate_and_never_mixed_up(tokens, tmp_path, capsys):
+    """data.dedup_semantic: trained and recorded in the checkpoint; `narrator eval` gives bits/s at the collapsed ids'
+    rate; a resume with the other setting, a dedup model as the semantic stage of generate, and dedup on another
+    layout are each refused in one line."""
+    from narrator.cli import main as narrator
+
+    out = tmp_path / "dedup"
+    assert train("semantic_acoustic.yaml", tokens, out, "data.layout=semantic", "data.dedup_semantic=true",
+                 "max_steps=3") == 0
+    state = read_state(latest_checkpoint(out))
+    assert (state.layout, state.dedup_semantic, state.boundary_token) == ("semantic", True, 64)
+    assert narrator(["eval", "--checkpoint", str(out), "--suite", "bits", "--json", str(tmp_path / "e.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "layout semantic, semantic repeats collapsed" in printed and "durations are not modelled" in printed
+    data = json.loads((tmp_path / "e.json").read_text())
+    rate = data["tokens_per_second_per_stream"]["semantic"]
+    assert data["dedup_semantic"] is True and 40 < rate < 50  # ids below 16: about 1 in 16 repeats
+    assert data["bits_per_second"] == pytest.approx(data["nats_per_token_per_stream"]["semantic"] * rate / math.log(2),
+                                                    abs=0.01)
+
+    assert train("semantic_acoustic.yaml", tokens, out, "data.layout=semantic", "max_steps=6") == 1
+    assert error_line(capsys).endswith("checkpoint was trained with data.dedup_semantic true, this run sets false; "
+                                       "set it back or train into a new out folder")
+    assert train("semantic_acoustic.yaml", tokens, tmp_path / "x", "data.dedup_semantic=true") == 1
+    assert "'data.dedup_semantic': only the semantic layout collapses repeated ids, not 'interleaved'" in error_line(capsys)
+
+    coarse = tmp_path / "prefix"
+    assert train("semantic_acoustic.yaml", tokens, coarse, "data.layout=prefix", "max_steps=1") == 0
+    with pytest.raises(NarratorError, match="trained with data.dedup_semantic: its ids hold no durations"):
+        generate(GenerateConfig(checkpoint=str(coarse), semantic_checkpoint=str(out),
+                                prompt=str(tmp_path / "never-read.wav"), device="cpu"))

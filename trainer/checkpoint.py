@@ -58,6 +58,7 @@ class TrainerState:
     shared_vocab: bool
     boundary_token: int  # the id that separates recordings (streaming.layout.Layout.boundary_token)
     separator_token: int | None = None  # the prefix layout's separator (Layout.special.separator); None for others
+    dedup_semantic: bool = False  # data.dedup_semantic: the semantic ids' repeats were collapsed
 
 
 @dataclass
@@ -199,7 +200,7 @@ def read_process_states(path: Path) -> list[ProcessState]:
 
 def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTConfig, tokenizer_config_hash: str,
                       manifest_path: Path, boundary_token: int, layout: str = "flat",
-                      separator_token: int | None = None) -> TrainerState:
+                      separator_token: int | None = None, dedup_semantic: bool = False) -> TrainerState:
     """Restore model, optimizer, scheduler and RNG states from `path`, after checking it fits this run."""
     path = Path(path)
     state = read_state(path)
@@ -207,6 +208,9 @@ def resume_checkpoint(accelerator: Accelerator, path: Path, model_config: GPTCon
         raise NarratorError(f"{path}: checkpoint was trained with data.layout {state.layout!r}, but this run reads "
                             f"{manifest_path} with layout {layout!r}; set data.layout={state.layout} or train into "
                             "a new out folder")
+    if state.dedup_semantic != dedup_semantic:
+        raise NarratorError(f"{path}: checkpoint was trained with data.dedup_semantic {str(state.dedup_semantic).lower()}, "
+                            f"this run sets {str(dedup_semantic).lower()}; set it back or train into a new out folder")
     if state.tokenizer_config_hash != tokenizer_config_hash:
         raise NarratorError(f"{path}: checkpoint was trained on tokens with tokenizer config_hash "
                             f"{state.tokenizer_config_hash}, but {manifest_path} has {tokenizer_config_hash}; "

@@ -33,7 +33,7 @@ from narrator.errors import ConfigError, NarratorError
 from narrator.evaluation import DEFAULT_CACHE, SUITES as ITEM_SUITES, ItemSet, load_or_build
 from narrator.evaluation.scores import (PairScore, bits_per_second, dedup_unigram_bits_per_second, pair_score,
                                         unigram_bits_per_second)
-from narrator.streaming.dataset import open_folder, open_sources, val_windows
+from narrator.streaming.dataset import open_folder, open_sources, val_tokens_per_second, val_windows
 from narrator.streaming.layout import SLOT_SECONDS, Layout, PrefixLayout
 from narrator.tokenfolder import storage
 from narrator.tokenfolder.manifest import ACOUSTIC, SEMANTIC, StreamInfo
@@ -127,7 +127,10 @@ def summed_log_likelihoods(model: GPT, sequences: Sequence[np.ndarray], score_fr
 
 
 def stream_tokens_per_second(layout: Layout) -> dict[str, float]:
-    """Tokens per second of audio of each stream the layout reads: frames per second x codebooks."""
+    """Tokens per second of audio of each stream the layout reads: frames per second x codebooks. A layout without a
+    fixed rate (data.dedup_semantic) has its rate measured on the audio instead (`val_tokens_per_second`)."""
+    if layout.dedup_semantic:
+        raise ValueError("a dedup_semantic layout's tokens have no fixed rate: measure it on the audio")
     return {name: info.frames_per_slot / SLOT_SECONDS * info.n_codebooks for name, info in layout.infos.items()}
 
 
@@ -166,8 +169,10 @@ class Bits:
 
 
 @torch.no_grad()
-def measure_bits(model: GPT, layout: Layout, windows: np.ndarray, batch_size: int = 32) -> Bits:
-    """Bits per second on windows [n, block_size + 1] (a training run's validation windows).
+def measure_bits(model: GPT, layout: Layout, windows: np.ndarray, batch_size: int = 32,
+                 tokens_per_second: dict[str, float] | None = None) -> Bits:
+    """Bits per second on windows [n, block_size + 1] (a training run's validation windows); `tokens_per_second`
+    per stream where the layout has no fixed rate (data.dedup_semantic: measured on the same audio).
 
     Each target counts for the stream whose id range holds it: boundary, separator and padding tokens
     are no audio and count for none. The unigram reference is each codebook's own frequencies over the
@@ -188,7 +193,7 @@ def measure_bits(model: GPT, layout: Layout, windows: np.ndarray, batch_size: in
         which = stream_of[w[:, 1:]].reshape(-1) % (len(names) + 1)  # -1 (no stream) goes to the last slot
         sums.index_add_(0, which, nats.reshape(-1))
         counts.index_add_(0, which, torch.ones_like(nats.reshape(-1)))
-    rates = stream_tokens_per_second(layout)
+    rates = tokens_per_second or stream_tokens_per_second(layout)
     per_token = {n: sums[i].item() / counts[i].item() for i, n in enumerate(names) if counts[i] > 0}
 
     codes: dict[str, list[list[np.ndarray]]] = {n: [[] for _ in range(layout.infos[n].n_codebooks)] for n in names}
@@ -204,7 +209,7 @@ def measure_bits(model: GPT, layout: Layout, windows: np.ndarray, batch_size: in
     unigram, seconds = {}, {}
     for n in names:
         books = [np.concatenate(rows) if rows else np.zeros(0, np.int64) for rows in codes[n]]
-        seconds[n] = len(books[0]) / (layout.infos[n].frames_per_slot / SLOT_SECONDS)
+        seconds[n] = len(books[0]) * layout.infos[n].n_codebooks / rates[n]
         if seconds[n] > 0:
             unigram[n] = unigram_bits_per_second(books, seconds[n])
     dedup = (dedup_unigram_bits_per_second(semantic_runs, seconds[SEMANTIC])
@@ -348,11 +353,13 @@ class EvalResult:
     skipped: dict[str, str] = field(default_factory=dict)  # suite -> why
     random_weights: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # what each suite took
+    dedup_semantic: bool = False  # the layout collapses repeated semantic ids (data.dedup_semantic)
 
     def as_dict(self) -> dict:
         """The JSON written by --json and to RUN/eval/: bits_per_second*, and lexical / syntactic as
         {accuracy, n, ci95, length_baseline, items}."""
-        out: dict = {"checkpoint": self.checkpoint, "step": self.step, "layout": self.layout}
+        out: dict = {"checkpoint": self.checkpoint, "step": self.step, "layout": self.layout,
+                     "dedup_semantic": self.dedup_semantic}
         if self.bits is not None:
             out.update(self.bits.as_dict())
         for suite, score in self.pairs.items():
@@ -376,7 +383,8 @@ def verdict(score: PairScore) -> str:
 
 def format_result(result: EvalResult) -> str:
     """The table `narrator eval` prints."""
-    lines = [f"checkpoint {result.checkpoint} (step {result.step}, layout {result.layout})"]
+    collapsed = ", semantic repeats collapsed" if result.dedup_semantic else ""
+    lines = [f"checkpoint {result.checkpoint} (step {result.step}, layout {result.layout}{collapsed})"]
     if result.random_weights:
         lines.append(result.random_weights)
     bits = result.bits
@@ -388,6 +396,8 @@ def format_result(result: EvalResult) -> str:
             lines.append(f"  {name:<10} {value:>9.1f} {bits.unigram_per_stream.get(name, math.nan):>9.1f} "
                          f"{bits.nats_per_token[name]:>10.3f} {bits.tokens_per_second[name]:>9g}")
         lines.append(f"  {'total':<10} {bits.total:>9.1f} {bits.unigram_total:>9.1f}")
+        if result.dedup_semantic:
+            lines.append("  (tokens/s: the collapsed ids per second of the validation audio; durations are not modelled)")
         if bits.dedup_unigram is not None:
             lines.append(f"  semantic ids with repeats collapsed: unigram {bits.dedup_unigram:.1f} bits/s")
         few = {n: r for n, r in bits.ids_per_code.items() if r < 10}
@@ -410,9 +420,10 @@ def format_result(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def validation_windows(meta: CheckpointMeta, block_size: int, limit: int = 0) -> np.ndarray:
+def validation_windows(meta: CheckpointMeta, block_size: int, limit: int = 0) -> tuple[np.ndarray, dict[str, float] | None]:
     """The validation windows the checkpoint's run evaluated on (every token folder of its config), read with the
-    streaming loader; refused in one line when its token folder is not here or holds other tokens now."""
+    streaming loader, and the semantic ids' rate on the same audio where the layout has no fixed one
+    (data.dedup_semantic); refused in one line when its token folder is not here or holds other tokens now."""
     config_file = meta.path / "config.yaml"
     cfg = load_config(TrainConfig, config_file)
     folders = []
@@ -427,7 +438,8 @@ def validation_windows(meta: CheckpointMeta, block_size: int, limit: int = 0) ->
         raise NarratorError(f"{cfg.data.sources[0].manifest} now holds tokens of config_hash {made}, the model was "
                             f"trained on {meta.state.tokenizer_config_hash}")
     windows = val_windows(sources, block_size, 0, 1)
-    return windows[:limit] if limit else windows
+    rate = {SEMANTIC: val_tokens_per_second(sources)} if sources[0].layout.dedup_semantic else None
+    return (windows[:limit] if limit else windows), rate
 
 
 def evaluate_checkpoint(cfg: EvalConfig) -> EvalResult:
@@ -439,7 +451,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> EvalResult:
                           "cpu" if cfg.device == "auto" else cfg.device)
     model, model_cfg, meta = load_for_inference(Path(cfg.checkpoint), device)
     layout = checkpoint_layout(meta, model_cfg)
-    result = EvalResult(str(meta.path), meta.state.step, meta.state.layout)
+    result = EvalResult(str(meta.path), meta.state.step, meta.state.layout, dedup_semantic=meta.state.dedup_semantic)
     pair_suites = [s for s in cfg.suites if s in ITEM_SUITES]
     why = cannot_score_pairs(layout, model_cfg.block_size)
     if why is not None:
@@ -456,11 +468,11 @@ def evaluate_checkpoint(cfg: EvalConfig) -> EvalResult:
     if BITS in cfg.suites:
         start = time.perf_counter()
         try:
-            windows = validation_windows(meta, model_cfg.block_size, cfg.val_windows)
+            windows, rate = validation_windows(meta, model_cfg.block_size, cfg.val_windows)
         except NarratorError as e:
             result.skipped[BITS] = str(e)
         else:
-            result.bits = measure_bits(model, layout, windows, cfg.batch_size)
+            result.bits = measure_bits(model, layout, windows, cfg.batch_size, rate)
             result.seconds[BITS] = time.perf_counter() - start
     if pair_suites:
         result.random_weights = random_weights_line(streams)
@@ -518,8 +530,9 @@ class SuiteEval:
     suite, tokenized once at the start. Main process only, in eval mode, drawing no random numbers: a run
     trains exactly as it would without it."""
 
-    def __init__(self, suites: list[str], layout: Layout, pairs: dict[str, PairTokens]):
-        self.suites, self.layout, self.pairs = suites, layout, pairs
+    def __init__(self, suites: list[str], layout: Layout, pairs: dict[str, PairTokens],
+                 tokens_per_second: dict[str, float] | None = None):
+        self.suites, self.layout, self.pairs, self.tokens_per_second = suites, layout, pairs, tokens_per_second
 
     @classmethod
     def start(cls, cfg: TrainConfig, accelerator: Accelerator, layout: Layout, streams: list[StreamInfo],
@@ -550,7 +563,11 @@ class SuiteEval:
                 suites.append(suite)
         print(f"eval suite: {', '.join(suites) or 'nothing'} at each evaluation"
               f"{f' ({cfg.eval_suite_n} pairs each)' if pairs else ''}", flush=True)
-        return cls(suites, layout, pairs) if suites else None
+        rate = None
+        if BITS in suites and layout.dedup_semantic:
+            sources = open_sources(cfg.data, [open_folder(s.manifest) for s in cfg.data.sources])
+            rate = {SEMANTIC: val_tokens_per_second(sources)}
+        return cls(suites, layout, pairs, rate) if suites else None
 
     def record(self, record: StepMetrics, model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> SuiteMetrics:
         """`record` with this evaluation's figures; `model` is the unwrapped module."""
@@ -561,7 +578,7 @@ class SuiteEval:
                 out = SuiteMetrics(**{f.name: getattr(record, f.name) for f in dataclasses.fields(record)})
                 if BITS in self.suites:
                     windows = np.concatenate([torch.cat([x, y[:, -1:]], 1).numpy() for x, y in batches])
-                    bits = measure_bits(model, self.layout, windows)
+                    bits = measure_bits(model, self.layout, windows, tokens_per_second=self.tokens_per_second)
                     out.bits_per_second = round(bits.total, 2)
                     out.bits_per_second_per_stream = {k: round(v, 2) for k, v in bits.per_stream.items()}
                 for suite, tokens in self.pairs.items():

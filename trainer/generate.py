@@ -100,7 +100,7 @@ def checkpoint_layout(meta: CheckpointMeta, model_cfg: GPTConfig) -> Layout:
     name = layout_name(meta.state.layout)
     streams = {s.name: s for s in meta.streams}
     layout = make_layout(meta.state.layout, {s: (streams[s].n_codebooks, streams[s].codebook_size) for s in LAYOUTS[name]},
-                         shared_vocab=meta.state.shared_vocab)
+                         shared_vocab=meta.state.shared_vocab, dedup_semantic=meta.state.dedup_semantic)
     if layout.vocab_size != model_cfg.vocab_size:
         raise NarratorError(f"{meta.path}: model vocab {model_cfg.vocab_size} does not match its tokenizer's "
                             f"layout (vocab {layout.vocab_size})")
@@ -122,6 +122,9 @@ def generate_two_stage(cfg: GenerateConfig, device: torch.device, coarse: tuple)
     for meta, wanted, flag in ((prefix_meta, "prefix", "--checkpoint"), (semantic_meta, "semantic", "--semantic-checkpoint")):
         if layout_name(meta.state.layout) != wanted:
             raise NarratorError(f"{meta.path}: {flag} must be a {wanted!r} model, this one has layout {meta.state.layout!r}")
+    if semantic_meta.state.dedup_semantic:
+        raise NarratorError(f"{semantic_meta.path}: trained with data.dedup_semantic: its ids hold no durations, and the "
+                            "prefix model needs 50 Hz ids; give a semantic model trained without it")
     prefix, semantic_layout = checkpoint_layout(prefix_meta, prefix_cfg), checkpoint_layout(semantic_meta, semantic_cfg)
     ids_a, ids_b = prefix_meta.stream(SEMANTIC), semantic_meta.stream(SEMANTIC)
     if ids_a.config_hash != ids_b.config_hash:

@@ -125,7 +125,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     state = TrainerState(step=0, tokens_seen=0, world_size=world, config_hash=config_hash(cfg),
                          tokenizer_config_hash=tokens_hash, layout=cfg.data.layout_name,
                          shared_vocab=cfg.data.shared_vocab, boundary_token=layout.boundary_token,
-                         separator_token=layout.special.separator)
+                         separator_token=layout.special.separator, dedup_semantic=cfg.data.dedup_semantic)
     deal = data_deal(cfg.data, sources, world, cfg.data.seed)
     block = model_config.block_size
     peak = peak_tflops(accelerator.device)
@@ -136,7 +136,8 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
                                          [s.manifest for s in cfg.data.sources] if len(folders) > 1 else None))
     if start is not None:
         resumed = resume_checkpoint(accelerator, start, model_config, tokens_hash, manifest_dir / MANIFEST_NAME,
-                                    layout.boundary_token, layout=state.layout, separator_token=state.separator_token)
+                                    layout.boundary_token, layout=state.layout, separator_token=state.separator_token,
+                                    dedup_semantic=state.dedup_semantic)
         state = dataclasses.replace(state, step=resumed.step, tokens_seen=resumed.tokens_seen)
         accelerator.print(f"resumed from {start} at step {state.step}")
         saved, note = carry_on(start, read_process_states(start), rank, deal, state.step)
