@@ -8,7 +8,7 @@ from narrator.evaluation import lexical_items_for_words
 from narrator.streaming.layout import FlatLayout
 from narrator.tokenizers.config import EncodecConfig, WeightsConfig
 from narrator.tokenizers.encodec import EncodecTokenizer
-from narrator.trainer.evaluate import AudioTokenizer, PairTokens
+from narrator.trainer.eval_pairs import AudioTokenizer, PairTokens
 from narrator.trainer.model import GPT, GPTConfig
 
 # Two-syllable frequent words; each gets a pseudoword matched in length and phonotactics. Length alone scores

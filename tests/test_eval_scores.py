@@ -14,7 +14,8 @@ from narrator.evaluation.scores import (dedup_unigram_bits_per_second, entropy_b
 from narrator.streaming.config import DataConfig
 from narrator.streaming.dataset import TokenShards, open_folder, val_tokens_per_second, val_windows
 from narrator.streaming.layout import dedup_runs
-from narrator.trainer.evaluate import measure_bits, summed_log_likelihoods
+from narrator.trainer.eval_bits import measure_bits
+from narrator.trainer.eval_pairs import summed_log_likelihoods
 from narrator.trainer.model import GPT, GPTConfig
 
 sys.path.insert(0, str(Path(__file__).parent))

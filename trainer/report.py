@@ -22,11 +22,12 @@ import yaml
 from matplotlib.figure import Figure
 
 from narrator.errors import NarratorError
+from narrator.evaluation.scores import PairScore
 from narrator.tokenfolder import storage
 from narrator.tokenizers.inspect import inspect_tokens
 from narrator.trainer.checkpoint import STREAMS_NAME, latest_checkpoint, list_checkpoints
 from narrator.trainer.eval_audio import PROMPT_NAME, SAMPLES
-from narrator.trainer.evaluate import RESULTS, PairScore, verdict
+from narrator.trainer.evaluate import RESULTS, verdict
 from narrator.trainer.metrics import METRICS_NAME, read_metrics
 
 REPORT_NAME = "report.html"
