@@ -333,11 +333,10 @@ class TokenShards:
                           for stream, f in frames.items()}
                 yield _Piece(ref_record.book, part.book_start, part.frames, self.layout.pack(pieces))
 
-    def count_tokens(self, split: Literal["train", "val"]) -> tuple[int, int]:
-        """(tokens, slots) of `split` as the layout packs it, boundaries left out."""
+    def held_out_counts(self) -> tuple[int, int]:
+        """(tokens, slots) of the held-out split as the layout packs it, boundaries left out."""
         tokens = slots = 0
-        shards = self.train if split == "train" else self.val
-        for piece in self._pieces(((i, chunk) for i in shards for chunk in _joined(self.urls[i])), split):
+        for piece in self._pieces(((i, chunk) for i in self.val for chunk in _joined(self.urls[i])), "val"):
             tokens, slots = tokens + len(piece.tokens), slots + piece.slots
         return tokens, slots
 
@@ -711,7 +710,7 @@ def val_windows(sources: TokenShards | Sequence[TokenShards], block_size: int, r
 def val_tokens_per_second(sources: Sequence[TokenShards]) -> float:
     """Tokens per second of held-out audio as the sources' layout packs it, boundaries left out: the token rate of
     a layout that has no fixed one (data.dedup_semantic), for bits per second."""
-    counts = np.array([shards.count_tokens("val") for shards in sources]).sum(0)
+    counts = np.array([shards.held_out_counts() for shards in sources]).sum(0)
     tokens, slots = int(counts[0]), int(counts[1])
     if not slots:
         raise NarratorError(f"{' and '.join(s.where for s in sources)}: no held-out tokens")

@@ -22,9 +22,9 @@ from typing import NamedTuple
 import numpy as np
 
 from narrator.errors import ConfigError
+from narrator.tokenfolder.manifest import SEMANTIC
 
 SLOT_SECONDS = 0.04
-SEMANTIC = "semantic"
 SLOT_FRAMES = {"semantic": 2, "acoustic": 3}  # frames per 40 ms slot: ids at 50 Hz, EnCodec frames at 75 Hz
 
 
@@ -320,7 +320,8 @@ def dedup_runs(ids: np.ndarray) -> np.ndarray:
 
 class DedupSemanticLayout(Layout):
     """Semantic ids with each run of repeats collapsed to one id (GSLM's units): the model reads what is said
-    and not how long each sound lasts (70% of 50 Hz ids repeat the one before). The unit is one id.
+    and not how long each sound lasts (54% of tiny.en's 50 Hz ids repeat the one before on LibriVox,
+    benchmarks/RESULTS.md). The unit is one id.
 
     Ids then have no fixed rate: a decoded run is the collapsed ids, not 50 Hz frames, so it holds no
     durations and nothing is voiced from it; bits per second need the collapsed ids' rate measured on the
