@@ -153,7 +153,9 @@ def test_dedup_semantic_trains_is_recorded_judged_at_its_measured_rate_and_never
 
     out = tmp_path / "dedup"
     assert train("semantic_acoustic.yaml", tokens, out, "data.layout=semantic", "data.dedup_semantic=true",
-                 "max_steps=3") == 0
+                 "max_steps=3", "eval_every=3", "eval_suite=[bits]") == 0
+    [record] = [r for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
+    assert record["bits_per_second"] > 0  # eval_suite at the collapsed ids' measured rate
     state = read_state(latest_checkpoint(out))
     assert (state.layout, state.dedup_semantic, state.boundary_token) == ("semantic", True, 64)
     assert narrator(["eval", "--checkpoint", str(out), "--suite", "bits", "--json", str(tmp_path / "e.json")]) == 0

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,7 +27,7 @@ from narrator.config import load_config
 from narrator.errors import ConfigError, NarratorError
 from narrator.evaluation import DEFAULT_CACHE, SUITES as ITEM_SUITES, ItemSet, load_or_build
 from narrator.evaluation.scores import PairScore
-from narrator.streaming.dataset import open_folder, open_sources, val_tokens_per_second, val_windows
+from narrator.streaming.dataset import TokenShards, open_folder, open_sources, val_tokens_per_second, val_windows
 from narrator.streaming.layout import Layout
 from narrator.tokenfolder import storage
 from narrator.tokenfolder.manifest import SEMANTIC, StreamInfo
@@ -263,10 +264,11 @@ class SuiteEval:
         self.suites, self.layout, self.pairs, self.tokens_per_second = suites, layout, pairs, tokens_per_second
 
     @classmethod
-    def start(cls, cfg: TrainConfig, accelerator: Accelerator, layout: Layout, streams: list[StreamInfo],
-              folder: storage.Location) -> SuiteEval | None:
-        """The evaluator of this run, its items tokenized; None where eval_suite is off or this is not the main
-        process. A suite that cannot run is left out with one line."""
+    def start(cls, cfg: TrainConfig, accelerator: Accelerator, sources: Sequence[TokenShards],
+              streams: list[StreamInfo], folder: storage.Location) -> SuiteEval | None:
+        """The evaluator of this run (reading `sources`, the run's opened token folders), its items tokenized; None
+        where eval_suite is off or this is not the main process. A suite that cannot run is left out with one line."""
+        layout = sources[0].layout
         if not accelerator.is_main_process or not cfg.eval_suite:
             return None
         plugin = accelerator.state.deepspeed_plugin
@@ -293,7 +295,6 @@ class SuiteEval:
               f"{f' ({cfg.eval_suite_n} pairs each)' if pairs else ''}", flush=True)
         rate = None
         if BITS in suites and layout.dedup_semantic:
-            sources = open_sources(cfg.data, [open_folder(s.manifest) for s in cfg.data.sources])
             rate = {SEMANTIC: val_tokens_per_second(sources)}
         return cls(suites, layout, pairs, rate) if suites else None
 

@@ -171,7 +171,7 @@ def _train(cfg: TrainConfig, out: Path, accelerator: Accelerator) -> int:
     # Audio at each evaluation: the first validation window's start continued (main process; None if off or unable).
     eval_audio = EvalAudio.start(cfg, out, accelerator, layout, val_batches[0][0][0], streams, manifest_dir, metrics)
     # eval_suite: bits/s and spoken minimal pairs at each evaluation (main process; None if off or unable).
-    suite_eval = SuiteEval.start(cfg, accelerator, layout, streams, manifest_dir)
+    suite_eval = SuiteEval.start(cfg, accelerator, sources, streams, manifest_dir)
     last_checkpoint = start
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not main_process, unit="step", dynamic_ncols=True)
     val_loss = None
